@@ -1,0 +1,215 @@
+"""AttnA2C: A2C whose critic is a transformer over the episode, plus a masked-contrastive loss."""
+
+from typing import Any, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import explained_variance
+from torch.nn import functional as F
+
+from sb3_attn_ac.common.attention.buffers import tree_map
+from sb3_attn_ac.common.attention.on_policy import AttnOnPolicyAlgorithm
+from sb3_attn_ac.common.attention.policies import AttnActorCriticPolicy
+
+SelfAttnA2C = TypeVar("SelfAttnA2C", bound="AttnA2C")
+
+
+class AttnA2C(AttnOnPolicyAlgorithm):
+    """Attention-assisted Advantage Actor-Critic: a drop-in :class:`~stable_baselines3.A2C`.
+
+    The actor is A2C's MLP; the critic reads the current episode's earlier steps through a sliding-window
+    causal transformer; the loss is A2C's plus ``ct_coef`` times a BERT-like masked-contrastive loss.
+    Arguments up to ``device`` are A2C's, in the same order with the same defaults.
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy, or an AttnActorCriticPolicy subclass)
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
+    :param n_steps: The number of steps to run for each environment per update
+        (i.e. batch size is n_steps * n_env where n_env is number of environment copies running in parallel)
+    :param gamma: Discount factor
+    :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator.
+        Equivalent to classic advantage when set to 1.
+    :param ent_coef: Entropy coefficient for the loss calculation
+    :param vf_coef: Value function coefficient for the loss calculation
+    :param max_grad_norm: The maximum value for the gradient clipping
+    :param rms_prop_eps: RMSProp epsilon. It stabilizes square root computation in denominator of RMSProp update
+    :param use_rms_prop: Whether to use RMSprop (default) or Adam as optimizer
+    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
+        instead of action noise exploration (default: False)
+    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
+        Default: -1 (only sample at the beginning of the rollout)
+    :param rollout_buffer_class: Rollout buffer class to use (an EpisodeRolloutBuffer subclass).
+        If ``None``, it will be automatically selected.
+    :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation.
+    :param normalize_advantage: Whether to normalize or not the advantage
+    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
+        the reported success rate, mean episode length, and mean reward over
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages (such as device or wrappers used), 2 for
+        debug messages
+    :param seed: Seed for the pseudo random generators
+    :param device: Device (cpu, cuda, ...) on which the code should be run.
+        Setting it to auto, the code will be run on the GPU if possible.
+    :param context_len: K, each attention layer's window: the step itself and K - 1 earlier steps of its episode
+    :param n_layers: transformer blocks; the critic sees ``n_layers * (context_len - 1)`` earlier steps
+    :param n_heads: attention heads (must divide ``d_model``)
+    :param d_model: token width
+    :param dropout: dropout in the transformer
+    :param ct_coef: lambda, weight of the masked-contrastive loss (0: not computed)
+    :param ct_temperature: omega, temperature of the contrastive softmax
+    :param mask_ratio: fraction of positions masked in the contrastive pass, in (0, 1)
+    :param key_encoder: ``"momentum"`` (EMA copy of the token embedding, no gradient) or ``"shared"``
+    :param key_momentum: EMA coefficient of the momentum key encoder
+    :param bert_masking: BERT's 80/10/10 replacement (mask / random token / unchanged) instead of always masking
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    """
+
+    def __init__(
+        self,
+        policy: str | type[AttnActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 7e-4,
+        n_steps: int = 5,
+        gamma: float = 0.99,
+        gae_lambda: float = 1.0,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        rms_prop_eps: float = 1e-5,
+        use_rms_prop: bool = True,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        normalize_advantage: bool = False,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        context_len: int = 16,
+        n_layers: int = 1,
+        n_heads: int = 2,
+        d_model: int = 32,
+        dropout: float = 0.0,
+        ct_coef: float = 0.1,
+        ct_temperature: float = 0.1,
+        mask_ratio: float = 0.15,
+        key_encoder: str = "momentum",
+        key_momentum: float = 0.95,
+        bert_masking: bool = False,
+        _init_setup_model: bool = True,
+    ) -> None:
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            context_len=context_len,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            d_model=d_model,
+            dropout=dropout,
+            ct_coef=ct_coef,
+            ct_temperature=ct_temperature,
+            mask_ratio=mask_ratio,
+            key_encoder=key_encoder,
+            key_momentum=key_momentum,
+            bert_masking=bert_masking,
+        )
+        self.normalize_advantage = normalize_advantage
+        # As A2C: RMSprop (the original implementation) unless an optimizer is given; multi-tensor (foreach)
+        # steps, because per-parameter loops dominate the update of small networks on CPU.
+        if use_rms_prop and "optimizer_class" not in self.policy_kwargs:
+            self.policy_kwargs["optimizer_class"] = th.optim.RMSprop
+            self.policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0, foreach=True)
+        if _init_setup_model:
+            self._setup_model()
+
+    def _keep_value_graph(self) -> bool:
+        # A2C takes one gradient step per rollout: the rollout's critic pass serves both the advantages
+        # (detached) and the value loss, unless dropout makes the training-mode pass differ.
+        return self.dropout == 0.0
+
+    def train(self) -> None:
+        """Update policy using the currently gathered rollout buffer (one gradient step over whole data)."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        buffer = self.rollout_buffer
+        out = self._rollout_critic()
+
+        # Time-major (T, E) data flattened to T * E, the order of out.values.reshape(-1).
+        observations = tree_map(lambda o: th.as_tensor(o.reshape(-1, *o.shape[2:]), device=self.device), buffer.observations)
+        actions = th.as_tensor(buffer.actions.reshape(-1, buffer.action_dim).astype(np.float32), device=self.device)
+        if isinstance(self.action_space, spaces.Discrete):
+            actions = actions.long().flatten()
+        distribution = self.policy.get_distribution(observations)
+        log_prob = distribution.log_prob(actions)
+        entropy = distribution.entropy()
+        values = out.values.reshape(-1)
+        advantages = th.as_tensor(buffer.advantages.reshape(-1), device=self.device)
+        returns = th.as_tensor(buffer.returns.reshape(-1), device=self.device)
+        if self.normalize_advantage:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+        policy_loss = -(advantages * log_prob).mean()
+        value_loss = F.mse_loss(returns, values)
+        entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
+        loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+        ct_term = self._contrastive_term(out)
+        if ct_term is not None:
+            loss = loss + ct_term
+
+        self.policy.optimizer.zero_grad()
+        loss.backward()
+        th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm, foreach=True)
+        self.policy.optimizer.step()
+        self.policy.update_key_encoder()
+
+        explained_var = explained_variance(buffer.values.flatten(), buffer.returns.flatten())
+        self._n_updates += 1
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/explained_variance", explained_var)
+        self.logger.record("train/entropy_loss", entropy_loss.item())
+        self.logger.record("train/policy_loss", policy_loss.item())
+        self.logger.record("train/value_loss", value_loss.item())
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+
+    def learn(
+        self: SelfAttnA2C,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 100,
+        tb_log_name: str = "AttnA2C",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfAttnA2C:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )

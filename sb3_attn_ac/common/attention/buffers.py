@@ -1,0 +1,200 @@
+"""Rollout buffers that keep whole episodes: the running episode's earlier steps are carried across rollouts."""
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+
+from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams
+from sb3_attn_ac.common.torch_layers import TokenMeta
+
+Obs = np.ndarray | dict[str, np.ndarray]
+
+
+def tree_map(fn: Callable[..., Any], *trees: Any) -> Any:
+    """Apply ``fn`` to arrays, or leaf-wise to dicts of arrays (Dict observation spaces)."""
+    if isinstance(trees[0], dict):
+        return {key: fn(*(tree[key] for tree in trees)) for key in trees[0]}
+    return fn(*trees)
+
+
+class EpisodeBufferMixin:
+    """The episode-keeping part of :class:`EpisodeRolloutBuffer` and :class:`DictEpisodeRolloutBuffer`.
+
+    Besides SB3's rollout data it stores each step's index within its episode, the terminal observations of
+    truncated episodes, the observation after the rollout, and a prefix of the last ``prefix_len`` steps
+    before the rollout (the critic's receptive field), so :meth:`streams` can give every step exactly the
+    context it had while acting.
+
+    :param prefix_len: steps carried across rollouts (``n_layers * (context_len - 1)``)
+    """
+
+    # Provided by SB3's buffers.
+    buffer_size: int
+    n_envs: int
+    pos: int
+    device: th.device
+    observation_space: spaces.Space
+    observations: Obs
+    episode_starts: np.ndarray
+    obs_shape: Any
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: th.device | str = "auto",
+        gae_lambda: float = 1,
+        gamma: float = 0.99,
+        n_envs: int = 1,
+        prefix_len: int = 0,
+    ) -> None:
+        if prefix_len < 0:
+            raise ValueError(f"prefix_len must be >= 0, got {prefix_len}")
+        self.prefix_len = prefix_len
+        self._next_prefix: tuple[Obs, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._next_timestep = np.zeros(n_envs, dtype=np.int64)
+        super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)  # type: ignore[call-arg]
+
+    def reset(self) -> None:
+        """Start a new rollout; the prefix becomes the tail of the previous one (see :meth:`finish_rollout`)."""
+        super().reset()  # type: ignore[misc]
+        self.timesteps = np.zeros((self.buffer_size, self.n_envs), dtype=np.int64)
+        self.terminal_steps: list[int] = []
+        self.terminal_envs: list[int] = []
+        self.terminal_observations: list[Obs] = []
+        if self._next_prefix is None:  # nothing before the first rollout
+            P = self.prefix_len
+            self._next_prefix = (
+                tree_map(lambda o: np.zeros((P, *o.shape[1:]), dtype=o.dtype), self.observations),
+                np.zeros((P, self.n_envs), dtype=np.int64),
+                np.zeros((P, self.n_envs), dtype=np.float32),
+                np.zeros((P, self.n_envs), dtype=bool),
+            )
+        self.prefix_observations, self.prefix_timesteps, self.prefix_episode_starts, self.prefix_valid = self._next_prefix
+        self.last_observations: Obs | None = None
+        self.last_episode_starts: np.ndarray | None = None
+
+    def add(self, obs: Obs, action: np.ndarray, reward: np.ndarray, episode_start: np.ndarray, value: th.Tensor, log_prob: th.Tensor) -> None:
+        """Add one step for every env (as SB3's ``add``); its index within the episode is tracked here."""
+        timestep = np.where(episode_start.astype(bool), 0, self._next_timestep)
+        self.timesteps[self.pos] = timestep
+        self._next_timestep = timestep + 1
+        super().add(obs, action, reward, episode_start, value, log_prob)  # type: ignore[misc]
+
+    def add_terminal(self, env_idx: int, terminal_obs: Obs) -> None:
+        """Record the terminal observation of env ``env_idx``'s episode truncated at the step just added.
+
+        Its value, computed with the episode's context, bootstraps the step's reward.
+        """
+        self.terminal_steps.append(self.pos - 1)
+        self.terminal_envs.append(env_idx)
+        self.terminal_observations.append(tree_map(lambda o, shape: np.asarray(o).reshape(shape), terminal_obs, self.obs_shape))
+
+    def finish_rollout(self, last_obs: Obs, last_episode_starts: np.ndarray) -> None:
+        """Close the rollout (also one cut short by a callback): store the observation that follows it and
+        compute the prefix the next rollout will carry.
+
+        :param last_obs: the observation after the last step, one per env
+        :param last_episode_starts: whether it starts a new episode
+        """
+        T, P = self.pos, self.prefix_len
+        self.last_observations = tree_map(lambda o, shape: np.asarray(o).reshape((self.n_envs, *shape)), last_obs, self.obs_shape)
+        self.last_episode_starts = np.asarray(last_episode_starts, dtype=bool)
+        self._next_timestep = np.where(self.last_episode_starts, 0, self._next_timestep)
+
+        def tail(prefix: np.ndarray, rollout: np.ndarray) -> np.ndarray:
+            joined = np.concatenate([prefix, rollout[:T]])
+            return joined[len(joined) - P :].copy()
+
+        self._next_prefix = (
+            tree_map(tail, self.prefix_observations, self.observations),
+            tail(self.prefix_timesteps, self.timesteps),
+            tail(self.prefix_episode_starts, self.episode_starts),
+            tail(self.prefix_valid, np.ones((T, self.n_envs), dtype=bool)),
+        )
+
+    def streams(self) -> EpisodeStreams:
+        """Lay the rollout out as one stream per env (see :class:`EpisodeStreams`); call after :meth:`finish_rollout`."""
+        assert self.last_observations is not None and self.last_episode_starts is not None, "call finish_rollout() first"
+        T, P, E = self.pos, self.prefix_len, self.n_envs
+        n_term = len(self.terminal_steps)
+        term_t = np.asarray(self.terminal_steps, dtype=np.int64)
+        term_e = np.asarray(self.terminal_envs, dtype=np.int64)
+        truncated = np.zeros((T, E), dtype=np.int64)
+        truncated[term_t, term_e] = 1
+        # A step's column moves right by one for every terminal observation inserted before it in its env.
+        step_cols = np.arange(T)[:, None] + np.cumsum(truncated, axis=0) - truncated  # (T, E)
+        term_cols = step_cols[term_t, term_e] + 1
+        last_cols = T + truncated.sum(axis=0)  # (E,)
+        L = P + int(last_cols.max()) + 1
+
+        index = np.zeros((E, L), dtype=np.int64)
+        timesteps = np.zeros((E, L), dtype=np.int64)
+        starts = np.zeros((E, L), dtype=np.int64)
+        valid = np.zeros((E, L), dtype=bool)
+        env = np.arange(E)
+        # Table rows: prefix (P * E), rollout (T * E), terminal observations (n_term), last observations (E).
+        index[:, :P] = (np.arange(P)[:, None] * E + env).T
+        timesteps[:, :P] = self.prefix_timesteps.T
+        starts[:, :P] = self.prefix_episode_starts.T
+        valid[:, :P] = self.prefix_valid.T
+        rows, cols = np.broadcast_to(env, (T, E)), P + step_cols
+        index[rows, cols] = P * E + np.arange(T)[:, None] * E + env
+        timesteps[rows, cols] = self.timesteps[:T]
+        starts[rows, cols] = self.episode_starts[:T]
+        valid[rows, cols] = True
+        index[term_e, P + term_cols] = P * E + T * E + np.arange(n_term)
+        timesteps[term_e, P + term_cols] = self.timesteps[term_t, term_e] + 1
+        valid[term_e, P + term_cols] = True
+        index[env, P + last_cols] = P * E + T * E + n_term + env
+        timesteps[env, P + last_cols] = self._next_timestep
+        starts[env, P + last_cols] = self.last_episode_starts
+        valid[env, P + last_cols] = True
+
+        def table(prefix: np.ndarray, rollout: np.ndarray, last: np.ndarray, *terminal: np.ndarray) -> th.Tensor:
+            parts = [prefix.reshape(-1, *prefix.shape[2:]), rollout[:T].reshape(-1, *rollout.shape[2:])]
+            if terminal:
+                parts.append(np.stack(terminal).astype(rollout.dtype))
+            return th.as_tensor(np.concatenate([*parts, last.astype(rollout.dtype)]), device=self.device)
+
+        observations = tree_map(
+            table, self.prefix_observations, self.observations, self.last_observations, *self.terminal_observations
+        )
+        to_torch = lambda a: th.as_tensor(a, device=self.device)  # noqa: E731
+        meta = TokenMeta(to_torch(timesteps), to_torch(np.cumsum(starts, axis=1)), to_torch(valid))
+        return EpisodeStreams(
+            observations=observations,
+            n_prefix_rows=P * E,
+            index=to_torch(index),
+            meta=meta,
+            n_prefix=P,
+            step_cols=to_torch(step_cols),
+            terminal_cols=to_torch(term_cols),
+            terminal_envs=to_torch(term_e),
+            terminal_steps=term_t,
+            last_cols=to_torch(last_cols),
+        )
+
+
+class EpisodeRolloutBuffer(EpisodeBufferMixin, RolloutBuffer):
+    """SB3's :class:`~stable_baselines3.common.buffers.RolloutBuffer` that keeps whole episodes (see
+    :class:`EpisodeBufferMixin`).
+
+    :param buffer_size: steps per env per rollout (n_steps)
+    :param observation_space: observation space
+    :param action_space: action space
+    :param device: torch device
+    :param gae_lambda: GAE lambda
+    :param gamma: discount factor
+    :param n_envs: number of envs
+    :param prefix_len: steps carried across rollouts (the critic's receptive field)
+    """
+
+
+class DictEpisodeRolloutBuffer(EpisodeBufferMixin, DictRolloutBuffer):
+    """:class:`EpisodeRolloutBuffer` for Dict observation spaces (same parameters)."""

@@ -1,0 +1,252 @@
+"""Rollout collection shared by AttnA2C and AttnPPO: whole episodes, and one critic pass per rollout."""
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
+
+from sb3_attn_ac.common.attention.buffers import DictEpisodeRolloutBuffer, EpisodeBufferMixin, EpisodeRolloutBuffer
+from sb3_attn_ac.common.attention.policies import (
+    AttnActorCriticCnnPolicy,
+    AttnActorCriticPolicy,
+    AttnMultiInputActorCriticPolicy,
+)
+from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, StreamValues
+from sb3_attn_ac.common.utils import check_attention_args, check_contrastive_args, check_spaces
+
+# Algorithm arguments that are forwarded to the policy.
+POLICY_ARGS = ("context_len", "n_layers", "n_heads", "d_model", "dropout", "key_encoder", "key_momentum")
+
+
+class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
+    """Base of the attention actor-critics: SB3's on-policy loop with an episode-keeping rollout buffer.
+
+    While acting only the actor runs (it needs no context). At the end of a rollout the critic runs once over
+    every env's stream (carried prefix + rollout + terminal observations of truncated episodes + the next
+    observation), which gives the stored values, the time-limit bootstraps and the last values for GAE.
+
+    Parameters are :class:`~stable_baselines3.common.on_policy_algorithm.OnPolicyAlgorithm`'s, then those of
+    :class:`AttnActorCriticPolicy` (``context_len`` ... ``key_momentum``) and of the contrastive loss
+    (``ct_coef``, ``ct_temperature``, ``mask_ratio``, ``bert_masking``); see :class:`~sb3_attn_ac.AttnA2C`.
+    """
+
+    policy: AttnActorCriticPolicy
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": AttnActorCriticPolicy,
+        "CnnPolicy": AttnActorCriticCnnPolicy,
+        "MultiInputPolicy": AttnMultiInputActorCriticPolicy,
+        "MlpAttnPolicy": AttnActorCriticPolicy,
+        "CnnAttnPolicy": AttnActorCriticCnnPolicy,
+        "MultiInputAttnPolicy": AttnMultiInputActorCriticPolicy,
+    }
+
+    def __init__(
+        self,
+        policy: str | type[AttnActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule,
+        n_steps: int,
+        gamma: float,
+        gae_lambda: float,
+        ent_coef: float,
+        vf_coef: float,
+        max_grad_norm: float,
+        use_sde: bool,
+        sde_sample_freq: int,
+        rollout_buffer_class: type[RolloutBuffer] | None,
+        rollout_buffer_kwargs: dict[str, Any] | None,
+        stats_window_size: int,
+        tensorboard_log: str | None,
+        policy_kwargs: dict[str, Any] | None,
+        verbose: int,
+        seed: int | None,
+        device: th.device | str,
+        context_len: int,
+        n_layers: int,
+        n_heads: int,
+        d_model: int,
+        dropout: float,
+        ct_coef: float,
+        ct_temperature: float,
+        mask_ratio: float,
+        key_encoder: str,
+        key_momentum: float,
+        bert_masking: bool,
+    ) -> None:
+        check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum)
+        check_contrastive_args(ct_coef, ct_temperature, mask_ratio)
+        clash = sorted(set(policy_kwargs or {}) & set(POLICY_ARGS))
+        if clash:
+            raise ValueError(f"pass {', '.join(clash)} to {type(self).__name__}(...) directly, not in policy_kwargs")
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            _init_setup_model=False,
+        )
+        check_spaces(self.observation_space, self.action_space)
+        self.context_len = context_len
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.d_model = d_model
+        self.dropout = dropout
+        self.ct_coef = ct_coef
+        self.ct_temperature = ct_temperature
+        self.mask_ratio = mask_ratio
+        self.key_encoder = key_encoder
+        self.key_momentum = key_momentum
+        self.bert_masking = bert_masking
+
+    def _setup_model(self) -> None:
+        # Everything below derives from saved attributes, so load() (which calls this after restoring them) agrees.
+        if not issubclass(self.policy_class, AttnActorCriticPolicy):
+            raise ValueError(f"policy must be one of {sorted(self.policy_aliases)} or a subclass of AttnActorCriticPolicy, got {self.policy_class}")
+        if self.rollout_buffer_class is None:
+            dict_obs = isinstance(self.observation_space, spaces.Dict)
+            self.rollout_buffer_class = DictEpisodeRolloutBuffer if dict_obs else EpisodeRolloutBuffer
+        if not issubclass(self.rollout_buffer_class, EpisodeBufferMixin):
+            raise ValueError(
+                "rollout_buffer_class must be EpisodeRolloutBuffer, DictEpisodeRolloutBuffer or a subclass, "
+                f"got {self.rollout_buffer_class}"
+            )
+        # The buffer is built before the policy: its prefix (the critic's receptive field) comes from the arguments.
+        self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "prefix_len": self.n_layers * (self.context_len - 1)}
+        self.policy_kwargs = {**self.policy_kwargs, **{name: getattr(self, name) for name in POLICY_ARGS}}
+        super()._setup_model()
+        self._rollout_streams: EpisodeStreams | None = None
+        self._rollout_values: StreamValues | None = None
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_rollout_streams", "_rollout_values"]
+
+    def _keep_value_graph(self) -> bool:
+        """Whether the critic pass at the end of a rollout keeps its graph for the update (A2C's single step)."""
+        return False
+
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: RolloutBuffer,
+        n_rollout_steps: int,
+    ) -> bool:
+        """Collect experiences with the actor alone, then compute values with one critic pass over the streams.
+
+        :param env: The training environment
+        :param callback: Callback that will be called at each step (and at the beginning and end of the rollout)
+        :param rollout_buffer: Buffer to fill with rollouts (an :class:`EpisodeRolloutBuffer`)
+        :param n_rollout_steps: Number of experiences to collect per environment
+        :return: True if function returned with at least `n_rollout_steps` collected,
+            False if callback terminated rollout prematurely.
+        """
+        assert self._last_obs is not None, "No previous observation was provided"
+        assert isinstance(rollout_buffer, EpisodeBufferMixin)
+        self.policy.set_training_mode(False)
+        self._rollout_streams, self._rollout_values = None, None
+        n_steps = 0
+        rollout_buffer.reset()
+        if self.use_sde:
+            self.policy.reset_noise(env.num_envs)
+        callback.on_rollout_start()
+        no_values = th.zeros(env.num_envs)  # filled by the critic pass at the end of the rollout
+        continue_training = True
+
+        while n_steps < n_rollout_steps:
+            if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
+                self.policy.reset_noise(env.num_envs)
+
+            with th.no_grad():
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+                distribution = self.policy.get_distribution(obs_tensor)
+                actions_tensor = distribution.get_actions()
+                log_probs = distribution.log_prob(actions_tensor)
+            actions = actions_tensor.cpu().numpy().reshape((-1, *self.action_space.shape))  # type: ignore[misc]
+
+            clipped_actions = actions
+            if isinstance(self.action_space, spaces.Box):
+                if self.policy.squash_output:
+                    clipped_actions = self.policy.unscale_action(clipped_actions)
+                else:
+                    clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
+
+            new_obs, rewards, dones, infos = env.step(clipped_actions)
+            self.num_timesteps += env.num_envs
+
+            # Give access to local variables
+            callback.update_locals(locals())
+            continue_training = callback.on_step()
+            # The env has moved on either way: record the step so the carried context stays continuous.
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+            if isinstance(self.action_space, spaces.Discrete):
+                actions = actions.reshape(-1, 1)
+            rollout_buffer.add(self._last_obs, actions, rewards, self._last_episode_starts, no_values, log_probs)  # type: ignore[arg-type]
+            for idx, done in enumerate(dones):
+                # Time limit: bootstrap from the terminal observation's value *with its episode's context*.
+                if done and infos[idx].get("terminal_observation") is not None and infos[idx].get("TimeLimit.truncated", False):
+                    rollout_buffer.add_terminal(idx, infos[idx]["terminal_observation"])
+            self._last_obs = new_obs  # type: ignore[assignment]
+            self._last_episode_starts = dones
+            if not continue_training:
+                break
+
+        rollout_buffer.finish_rollout(self._last_obs, self._last_episode_starts)  # type: ignore[arg-type]
+        if not continue_training:
+            return False
+        self._compute_rollout_values(rollout_buffer)
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    def _compute_rollout_values(self, rollout_buffer: EpisodeBufferMixin) -> None:
+        """One critic pass over the rollout's streams: stored values, time-limit bootstraps, returns, advantages."""
+        streams = rollout_buffer.streams()
+        keep_graph = self._keep_value_graph()
+        with th.set_grad_enabled(keep_graph):
+            out = self.policy.evaluate_streams(streams)
+        rollout_buffer.values[:] = out.values.detach().cpu().numpy()  # type: ignore[attr-defined]
+        if len(streams.terminal_steps) > 0:
+            terminal_values = out.terminal_values.detach().cpu().numpy()
+            rollout_buffer.rewards[streams.terminal_steps, streams.terminal_envs.cpu().numpy()] += self.gamma * terminal_values  # type: ignore[attr-defined]
+        rollout_buffer.compute_returns_and_advantage(last_values=out.last_values.detach(), dones=self._last_episode_starts)  # type: ignore[attr-defined]
+        self._rollout_streams = streams
+        self._rollout_values = out if keep_graph else None
+
+    def _rollout_critic(self) -> StreamValues:
+        """The critic over the last rollout's streams, with gradient (reusing the rollout's pass when kept)."""
+        assert self._rollout_streams is not None, "collect a rollout first"
+        out = self._rollout_values if self._rollout_values is not None else self.policy.evaluate_streams(self._rollout_streams)
+        self._rollout_values = None  # a graph serves one backward pass
+        return out
+
+    def _contrastive_term(self, out: StreamValues) -> th.Tensor | None:
+        """lambda * L_ct for the update (None when ``ct_coef == 0``: not computed at all); logs L_ct."""
+        if self.ct_coef == 0:
+            return None
+        ct_loss = self.policy.contrastive_loss(out, self.mask_ratio, self.ct_temperature, self.bert_masking)
+        self.logger.record("train/contrastive_loss", ct_loss.item())
+        return self.ct_coef * ct_loss

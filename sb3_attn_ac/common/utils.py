@@ -1,0 +1,102 @@
+"""Losses, masking and argument checks shared by the attention algorithms."""
+
+import torch as th
+from gymnasium import spaces
+from torch.nn import functional as F
+
+KEY_ENCODERS = ("momentum", "shared")
+SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
+def masked_contrastive_loss(
+    queries: th.Tensor,
+    keys: th.Tensor,
+    positive: th.Tensor,
+    selected: th.Tensor,
+    allowed: th.Tensor,
+    temperature: float,
+) -> th.Tensor:
+    """InfoNCE at masked positions ("leave one out", BERT-like):
+
+        L_ct = 1 / sum_i M_i * sum_i -M_i * log( exp(q_i . k_i+ / omega) / sum_j exp(q_i . k_j / omega) )
+
+    where j runs over the keys allowed for query i (its trajectory window) and ``k_i+`` is its own state's key.
+
+    :param queries: (..., Q, D) one query per position
+    :param keys: (..., S, D) candidate keys
+    :param positive: (..., Q) index in ``S`` of each query's own key
+    :param selected: (..., Q) M_i, True at masked positions
+    :param allowed: (..., Q, S) which keys enter each query's softmax (must include the positive)
+    :param temperature: omega > 0
+    :return: scalar loss, 0 when nothing is selected
+    """
+    logits = (queries @ keys.transpose(-1, -2)) / temperature  # (..., Q, S)
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    log_prob = F.log_softmax(logits, dim=-1).gather(-1, positive.unsqueeze(-1)).squeeze(-1)  # (..., Q)
+    # th.where, not a product: rows that are not selected may hold -inf (e.g. padding).
+    return -th.where(selected, log_prob, 0.0).sum() / selected.sum().clamp(min=1)
+
+
+def select_masked(valid: th.Tensor, mask_ratio: float, generator: th.Generator | None = None) -> th.Tensor:
+    """Choose the positions to mask: each valid position with probability ``mask_ratio``.
+
+    :param valid: (B, T) bool
+    :param mask_ratio: probability in (0, 1)
+    :param generator: torch random generator (None: the global one)
+    :return: (B, T) bool
+    """
+    return (th.rand(valid.shape, device=valid.device, generator=generator) < mask_ratio) & valid
+
+
+def check_attention_args(
+    context_len: int,
+    n_layers: int,
+    n_heads: int,
+    d_model: int,
+    dropout: float,
+    key_encoder: str,
+    key_momentum: float,
+) -> None:
+    """Raise a ValueError naming the argument and its accepted values for a bad architecture argument."""
+    if not isinstance(context_len, int) or context_len < 1:
+        raise ValueError(f"context_len must be an integer >= 1, got {context_len!r}")
+    if not isinstance(n_layers, int) or n_layers < 1:
+        raise ValueError(f"n_layers must be an integer >= 1, got {n_layers!r}")
+    if not isinstance(n_heads, int) or n_heads < 1:
+        raise ValueError(f"n_heads must be an integer >= 1, got {n_heads!r}")
+    if not isinstance(d_model, int) or d_model < 2 or d_model % n_heads != 0 or (d_model // n_heads) % 2 != 0:
+        raise ValueError(
+            f"d_model must be a positive multiple of n_heads with an even per-head width (d_model / n_heads), "
+            f"got d_model={d_model!r}, n_heads={n_heads!r}"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if key_encoder not in KEY_ENCODERS:
+        raise ValueError(f"key_encoder must be one of {KEY_ENCODERS}, got {key_encoder!r}")
+    if not 0.0 <= key_momentum < 1.0:
+        raise ValueError(f"key_momentum must be in [0, 1), got {key_momentum!r}")
+
+
+def check_contrastive_args(ct_coef: float, ct_temperature: float, mask_ratio: float) -> None:
+    """Raise a ValueError naming the argument and its accepted values for a bad contrastive-loss argument."""
+    if ct_coef < 0:
+        raise ValueError(f"ct_coef must be >= 0 (0 turns the contrastive loss off), got {ct_coef!r}")
+    if ct_temperature <= 0:
+        raise ValueError(f"ct_temperature must be > 0, got {ct_temperature!r}")
+    if not 0.0 < mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in the open interval (0, 1), got {mask_ratio!r}")
+
+
+def check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> None:
+    """Raise a ValueError for spaces the attention policies do not support."""
+    names = ", ".join(s.__name__ for s in SUPPORTED_ACTION_SPACES)
+    if not isinstance(action_space, SUPPORTED_ACTION_SPACES):
+        raise ValueError(f"action_space must be one of {names}, got {action_space}")
+    names = ", ".join(s.__name__ for s in SUPPORTED_OBSERVATION_SPACES)
+    leaves = observation_space.spaces.values() if isinstance(observation_space, spaces.Dict) else [observation_space]
+    for leaf in leaves:
+        if not isinstance(leaf, SUPPORTED_OBSERVATION_SPACES):
+            raise ValueError(
+                f"observation_space must be one of {names} or a Dict of them, got {observation_space}"
+            )
