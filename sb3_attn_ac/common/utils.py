@@ -65,11 +65,8 @@ def check_attention_args(
         raise ValueError(f"n_layers must be an integer >= 1, got {n_layers!r}")
     if not isinstance(n_heads, int) or n_heads < 1:
         raise ValueError(f"n_heads must be an integer >= 1, got {n_heads!r}")
-    if not isinstance(d_model, int) or d_model < 2 or d_model % n_heads != 0 or (d_model // n_heads) % 2 != 0:
-        raise ValueError(
-            f"d_model must be a positive multiple of n_heads with an even per-head width (d_model / n_heads), "
-            f"got d_model={d_model!r}, n_heads={n_heads!r}"
-        )
+    if not isinstance(d_model, int) or d_model < 1 or d_model % n_heads != 0:
+        raise ValueError(f"d_model must be a positive multiple of n_heads, got d_model={d_model!r}, n_heads={n_heads!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if key_encoder not in KEY_ENCODERS:

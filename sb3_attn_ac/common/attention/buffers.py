@@ -128,10 +128,10 @@ class EpisodeBufferMixin:
         truncated = np.zeros((T, E), dtype=np.int64)
         truncated[term_t, term_e] = 1
         # A step's column moves right by one for every terminal observation inserted before it in its env.
-        step_cols = np.arange(T)[:, None] + np.cumsum(truncated, axis=0) - truncated  # (T, E)
+        step_cols = P + np.arange(T)[:, None] + np.cumsum(truncated, axis=0) - truncated  # (T, E)
         term_cols = step_cols[term_t, term_e] + 1
-        last_cols = T + truncated.sum(axis=0)  # (E,)
-        L = P + int(last_cols.max()) + 1
+        last_cols = P + T + truncated.sum(axis=0)  # (E,)
+        L = int(last_cols.max()) + 1
 
         index = np.zeros((E, L), dtype=np.int64)
         timesteps = np.zeros((E, L), dtype=np.int64)
@@ -143,18 +143,18 @@ class EpisodeBufferMixin:
         timesteps[:, :P] = self.prefix_timesteps.T
         starts[:, :P] = self.prefix_episode_starts.T
         valid[:, :P] = self.prefix_valid.T
-        rows, cols = np.broadcast_to(env, (T, E)), P + step_cols
+        rows, cols = np.broadcast_to(env, (T, E)), step_cols
         index[rows, cols] = P * E + np.arange(T)[:, None] * E + env
         timesteps[rows, cols] = self.timesteps[:T]
         starts[rows, cols] = self.episode_starts[:T]
         valid[rows, cols] = True
-        index[term_e, P + term_cols] = P * E + T * E + np.arange(n_term)
-        timesteps[term_e, P + term_cols] = self.timesteps[term_t, term_e] + 1
-        valid[term_e, P + term_cols] = True
-        index[env, P + last_cols] = P * E + T * E + n_term + env
-        timesteps[env, P + last_cols] = self._next_timestep
-        starts[env, P + last_cols] = self.last_episode_starts
-        valid[env, P + last_cols] = True
+        index[term_e, term_cols] = P * E + T * E + np.arange(n_term)
+        timesteps[term_e, term_cols] = self.timesteps[term_t, term_e] + 1
+        valid[term_e, term_cols] = True
+        index[env, last_cols] = P * E + T * E + n_term + env
+        timesteps[env, last_cols] = self._next_timestep
+        starts[env, last_cols] = self.last_episode_starts
+        valid[env, last_cols] = True
 
         def table(prefix: np.ndarray, rollout: np.ndarray, last: np.ndarray, *terminal: np.ndarray) -> th.Tensor:
             parts = [prefix.reshape(-1, *prefix.shape[2:]), rollout[:T].reshape(-1, *rollout.shape[2:])]
@@ -169,7 +169,6 @@ class EpisodeBufferMixin:
         meta = TokenMeta(to_torch(timesteps), to_torch(np.cumsum(starts, axis=1)), to_torch(valid))
         return EpisodeStreams(
             observations=observations,
-            n_prefix_rows=P * E,
             index=to_torch(index),
             meta=meta,
             n_prefix=P,

@@ -227,7 +227,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         streams = rollout_buffer.streams()
         keep_graph = self._keep_value_graph()
         with th.set_grad_enabled(keep_graph):
-            out = self.policy.evaluate_streams(streams)
+            out = self._critic_pass(streams) if keep_graph else self.policy.evaluate_streams(streams)
         rollout_buffer.values[:] = out.values.detach().cpu().numpy()  # type: ignore[attr-defined]
         if len(streams.terminal_steps) > 0:
             terminal_values = out.terminal_values.detach().cpu().numpy()
@@ -236,17 +236,22 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self._rollout_streams = streams
         self._rollout_values = out if keep_graph else None
 
+    def _critic_pass(self, streams: EpisodeStreams) -> StreamValues:
+        """The critic over streams for the update: with the masked copy when the contrastive loss is on."""
+        mask_ratio = self.mask_ratio if self.ct_coef > 0 else None
+        return self.policy.evaluate_streams(streams, mask_ratio, self.bert_masking)
+
     def _rollout_critic(self) -> StreamValues:
         """The critic over the last rollout's streams, with gradient (reusing the rollout's pass when kept)."""
         assert self._rollout_streams is not None, "collect a rollout first"
-        out = self._rollout_values if self._rollout_values is not None else self.policy.evaluate_streams(self._rollout_streams)
+        out = self._rollout_values if self._rollout_values is not None else self._critic_pass(self._rollout_streams)
         self._rollout_values = None  # a graph serves one backward pass
         return out
 
     def _contrastive_term(self, out: StreamValues) -> th.Tensor | None:
         """lambda * L_ct for the update (None when ``ct_coef == 0``: not computed at all); logs L_ct."""
-        if self.ct_coef == 0:
+        if out.masked is None:
             return None
-        ct_loss = self.policy.contrastive_loss(out, self.mask_ratio, self.ct_temperature, self.bert_masking)
+        ct_loss = self.policy.contrastive_loss(out.masked, self.ct_temperature)
         self.logger.record("train/contrastive_loss", ct_loss.item())
         return self.ct_coef * ct_loss

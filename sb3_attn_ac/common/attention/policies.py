@@ -18,8 +18,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 from torch.nn import functional as F
 
-from sb3_attn_ac.common.attention.buffers import tree_map
-from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, StreamValues
+from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, MaskedPass, StreamValues
 from sb3_attn_ac.common.torch_layers import Band, EpisodeTransformer, SinusoidalPositions, TokenMeta
 from sb3_attn_ac.common.utils import check_attention_args, check_spaces, masked_contrastive_loss, select_masked
 
@@ -38,7 +37,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
     :param observation_space: Observation space
     :param action_space: Action space
     :param lr_schedule: Learning rate schedule (could be constant)
-    :param net_arch: The specification of the policy and value networks (the value MLP reads the transformer)
+    :param net_arch: The specification of the policy and value networks; the value MLP reads the transformer's
+        output. Default: ``dict(pi=[64, 64], vf=[])`` (``[]`` with NatureCNN)
     :param activation_fn: Activation function
     :param ortho_init: Whether to use or not orthogonal initialization (the transformer keeps GPT-2's init)
     :param use_sde: Whether to use State Dependent Exploration or not
@@ -100,6 +100,9 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.dropout = dropout
         self.key_encoder = key_encoder
         self.key_momentum = key_momentum
+        if net_arch is None:
+            # SB3's actor; the critic's body is the transformer (its blocks hold MLPs), read by a linear head.
+            net_arch = [] if features_extractor_class == NatureCNN else dict(pi=[64, 64], vf=[])
         super().__init__(
             observation_space,
             action_space,
@@ -158,52 +161,70 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         return self.transformer.receptive_field
 
     def set_training_mode(self, mode: bool) -> None:
-        # Switching walks every module: skip it when the mode does not change (it is called every rollout).
-        if mode != self.training:
-            super().set_training_mode(mode)
+        # Called twice per rollout: nn.Module.train() walks the module tree through __setattr__; a cached flat
+        # list of modules with a direct flag write is several times cheaper and sets the same flags.
+        if mode == self.training:
+            return
+        if getattr(self, "_all_modules", None) is None:
+            self._all_modules = list(self.modules())
+        for module in self._all_modules:
+            module.__dict__["training"] = mode
 
     # ----------------------------------------------------------------------------------------------------
     # Critic
     def _critic_features(self, obs: PyTorchObs) -> th.Tensor:
         return BasePolicy.extract_features(self, obs, self.vf_features_extractor)  # type: ignore[return-value]
 
-    def _critic(self, tokens: th.Tensor, meta: TokenMeta, **kwargs: Any) -> tuple[th.Tensor, Any]:
-        return self.transformer(tokens + self.positions(meta.timesteps), meta, **kwargs)
+    def _critic(self, tokens: th.Tensor, meta: TokenMeta, band: Band | None = None) -> th.Tensor:
+        band = Band(meta, self.context_len) if band is None else band
+        return self.transformer(tokens + self.positions(meta.timesteps), band)
 
     def _value_head(self, hidden: th.Tensor) -> th.Tensor:
         return self.value_net(self.mlp_extractor.forward_critic(hidden)).squeeze(-1)
 
-    def evaluate_streams(self, streams: EpisodeStreams) -> StreamValues:
-        """The critic over a rollout's streams in one batched pass ("Method 2"). The carried prefix runs
-        without gradient and hands each layer's inputs over as memory; the rest runs with gradient when enabled.
+    def evaluate_streams(self, streams: EpisodeStreams, mask_ratio: float | None = None, bert_masking: bool = False) -> StreamValues:
+        """The critic over a rollout's streams in one batched pass ("Method 2").
+
+        With ``mask_ratio``, a masked copy of the streams (for :meth:`contrastive_loss`) runs in the same
+        transformer call, as extra rows that attend both ways: a ``mask_ratio`` fraction of the valid tokens is
+        replaced by the learned mask embedding (with ``bert_masking``: 80% mask, 10% a random token of the
+        batch, 10% unchanged).
 
         :param streams: from :meth:`EpisodeRolloutBuffer.streams`
+        :param mask_ratio: fraction of tokens to mask in the masked copy (None: no masked copy)
+        :param bert_masking: BERT's 80/10/10 replacement instead of always the mask embedding
         :return: values of the rollout steps, terminal observations and the following observation
         """
-        P, R = streams.n_prefix, streams.n_prefix_rows
-        E = streams.index.shape[0]
         meta = streams.meta
-        memory = None
-        if P > 0:
-            with th.no_grad():
-                prefix_features = self._critic_features(tree_map(lambda o: o[:R], streams.observations))
-                prefix_tokens = self.token_embedding(prefix_features)[streams.index[:, :P]]  # (E, P, D)
-                prefix_meta = TokenMeta(*(m[:, :P] for m in meta))
-                _, memory = self._critic(prefix_tokens, prefix_meta, return_memory=True)
-        features = self._critic_features(tree_map(lambda o: o[R:], streams.observations))  # (N - R, F)
-        rows = (streams.index[:, P:] - R).clamp(min=0)  # padding columns point at row 0 (masked out)
-        rest_meta = TokenMeta(*(m[:, P:] for m in meta))
-        tokens = self.token_embedding(features)[rows]  # (E, L - P, D)
-        hidden, _ = self._critic(tokens, rest_meta, memory=memory)
-        values = self._value_head(hidden)  # (E, L - P)
+        E = streams.index.shape[0]
+        features = self._critic_features(streams.observations)[streams.index]  # (E, L, F)
+        tokens = self.token_embedding(features)  # (E, L, D)
+        masked = None
+        if mask_ratio is None:
+            hidden = self._critic(tokens, meta)
+        else:
+            selected = select_masked(meta.valid, mask_ratio)  # (E, L)
+            replacement = self.mask_embedding.expand_as(tokens)
+            replaced = selected
+            if bert_masking:
+                u = th.rand(selected.shape, device=tokens.device)
+                flat = tokens[meta.valid]
+                random_tokens = flat[th.randint(len(flat), selected.shape, device=tokens.device)]
+                replacement = th.where((u < 0.8)[..., None], replacement, random_tokens)
+                replaced = selected & (u < 0.9)  # the last 10% keep their own token
+            masked_tokens = th.where(replaced[..., None], replacement, tokens)
+            both_meta = TokenMeta(*(th.cat([m, m]) for m in meta))
+            causal = th.arange(2 * E, device=tokens.device) < E  # value rows causal, masked rows both ways
+            band = Band(both_meta, self.context_len, causal)
+            hidden, masked_hidden = self._critic(th.cat([tokens, masked_tokens]), both_meta, band).split(E)
+            masked = MaskedPass(masked_hidden, features, tokens, selected, band)
+        values = self._value_head(hidden)  # (E, L)
         envs = th.arange(E, device=values.device)
         return StreamValues(
             values=values[envs[None, :], streams.step_cols],  # (T, E)
             terminal_values=values[streams.terminal_envs, streams.terminal_cols],
             last_values=values[envs, streams.last_cols],
-            features=features[rows],
-            tokens=tokens,
-            meta=rest_meta,
+            masked=masked,
         )
 
     def trajectory_values(self, observations: np.ndarray | dict[str, np.ndarray], episode_starts: np.ndarray | None = None) -> th.Tensor:
@@ -226,16 +247,13 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         )
         with th.no_grad():
             tokens = self.token_embedding(self._critic_features(obs))[None]  # (1, T, D)
-            hidden, _ = self._critic(tokens, meta)
-            return self._value_head(hidden)[0]
+            return self._value_head(self._critic(tokens, meta))[0]
 
     def predict_values(self, obs: PyTorchObs) -> th.Tensor:
         """V of each observation as the first step of an episode (no context), shape (N, 1) as SB3's."""
         tokens = self.token_embedding(self._critic_features(obs))[:, None]  # (N, 1, D)
-        N = tokens.shape[0]
-        zeros = th.zeros(N, 1, dtype=th.long, device=tokens.device)
-        hidden, _ = self._critic(tokens, TokenMeta(zeros, zeros, th.ones_like(zeros, dtype=th.bool)))
-        return self._value_head(hidden)  # (N, 1)
+        zeros = th.zeros(tokens.shape[:2], dtype=th.long, device=tokens.device)
+        return self._value_head(self._critic(tokens, TokenMeta(zeros, zeros, th.ones_like(zeros, dtype=th.bool))))
 
     def forward(self, obs: th.Tensor, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """Actions, values (without context, see :meth:`predict_values`) and log-probabilities."""
@@ -252,43 +270,27 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
 
     # ----------------------------------------------------------------------------------------------------
     # Masked-contrastive loss
-    def contrastive_loss(self, out: StreamValues, mask_ratio: float, temperature: float, bert_masking: bool = False) -> th.Tensor:
-        """BERT-like masked-contrastive loss over the non-prefix part of the streams.
+    def contrastive_loss(self, masked: MaskedPass, temperature: float) -> th.Tensor:
+        """BERT-like masked-contrastive loss of a masked pass (see :meth:`evaluate_streams`).
 
-        A ``mask_ratio`` fraction of the tokens is replaced by the learned mask embedding (with
-        ``bert_masking``: 80% mask, 10% a random token of the batch, 10% unchanged), the transformer runs
-        both ways inside each episode's window, and the output at each masked step i gives a query q_i that
-        must pick its own state's key k_i = Enc_k(s_i) among the keys of the other steps j of the same episode
-        within the attention window (|t_i - t_j| < context_len). q and k are L2-normalised.
+        The output at each masked step i gives a query q_i that must pick its own state's key
+        k_i = Enc_k(s_i) among the keys of the other steps j of the same episode inside its attention window
+        (|t_i - t_j| < context_len). q and k are L2-normalised.
 
-        :param out: the critic pass of the rollout (:meth:`evaluate_streams`)
-        :param mask_ratio: fraction of tokens to mask
+        :param masked: the masked pass
         :param temperature: omega
-        :param bert_masking: BERT's 80/10/10 replacement instead of always the mask embedding
         :return: scalar loss
         """
-        meta, tokens = out.meta, out.tokens
-        selected = select_masked(meta.valid, mask_ratio)  # (E, L)
-        masked_in = self.mask_embedding.expand_as(tokens)
-        if bert_masking:
-            u = th.rand(selected.shape, device=tokens.device)
-            flat = tokens[meta.valid]
-            random_tokens = flat[th.randint(len(flat), selected.shape, device=tokens.device)]
-            masked_in = th.where((u < 0.9)[..., None], masked_in, random_tokens)
-            selected_in = selected & (u < 0.9)  # the last 10% keep their own token
-        else:
-            selected_in = selected
-        x = th.where(selected_in[..., None], masked_in, tokens)
-        hidden, _ = self._critic(x, meta, causal=False)
-        queries = F.normalize(self.query_head(hidden), dim=-1)
-        keys = self.key_net(out.features.detach()) if self.key_net is not None else tokens
+        band = masked.band
+        E = masked.hidden.shape[0]
+        queries = F.normalize(self.query_head(masked.hidden), dim=-1)
+        keys = self.key_net(masked.features.detach()) if self.key_net is not None else masked.tokens
         keys = F.normalize(keys, dim=-1)
-        band = Band(meta, None, self.context_len, causal=False)
         q = band.queries(queries[:, None])[:, 0]  # (E, nC, C, D)
         k = band.windows(keys[:, None])[:, 0]  # (E, nC, W, D)
         positive = (band.left + th.arange(band.chunk, device=q.device)).expand(q.shape[:-1])
-        sel = band.queries(selected[:, None, :, None])[:, 0, ..., 0]  # (E, nC, C)
-        return masked_contrastive_loss(q, k, positive, sel, band.allowed, temperature)
+        selected = band.queries(masked.selected[:, None, :, None])[:, 0, ..., 0]  # (E, nC, C)
+        return masked_contrastive_loss(q, k, positive, selected, band.allowed[E:], temperature)
 
     def update_key_encoder(self) -> None:
         """EMA step of the momentum key encoder (no-op with the shared encoder)."""
