@@ -1,0 +1,149 @@
+"""SB3 behaviours users rely on, run with the real SB3 on tiny budgets."""
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3 import A2C
+from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import (
+    FakeImageEnv,
+    IdentityEnvBox,
+    IdentityEnvMultiBinary,
+    IdentityEnvMultiDiscrete,
+    SimpleMultiObsEnv,
+)
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from sb3_attn_ac import AttnA2C
+
+TINY = dict(n_steps=4, context_len=4, d_model=16, seed=0)
+
+
+def user_script(algo: type, env) -> float:
+    """Code written for A2C: it must run unchanged with AttnA2C."""
+    model = algo("MlpPolicy", env, n_steps=4, seed=0, verbose=0)
+    model.learn(total_timesteps=64, progress_bar=False)
+    obs = env.reset()
+    action, state = model.predict(obs, deterministic=True)
+    assert state is None
+    mean, _ = evaluate_policy(model, env, n_eval_episodes=2)
+    return mean
+
+
+def test_drop_in_for_a2c() -> None:
+    for algo in (A2C, AttnA2C):
+        assert np.isfinite(user_script(algo, make_vec_env("CartPole-v1", n_envs=2, seed=0)))
+
+
+def test_save_load_identity(tmp_path) -> None:
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = AttnA2C("MlpPolicy", env, n_layers=2, ct_coef=0.2, **TINY).learn(64)
+    model.save(tmp_path / "model.zip")
+    loaded = AttnA2C.load(tmp_path / "model.zip", env=env)
+    for name in ["context_len", "n_layers", "d_model", "ct_coef", "ct_temperature", "mask_ratio", "key_encoder"]:
+        assert getattr(loaded, name) == getattr(model, name)
+    assert loaded.rollout_buffer.prefix_len == 2 * 3
+    obs = np.random.default_rng(0).normal(size=(25, 4)).astype(np.float32)
+    starts = np.zeros(25, dtype=bool)
+    starts[10] = True
+    assert th.equal(loaded.policy.trajectory_values(obs, starts), model.policy.trajectory_values(obs, starts))
+    assert np.array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+    for p, q in zip(loaded.policy.state_dict().values(), model.policy.state_dict().values(), strict=True):
+        assert th.equal(p, q)
+    loaded.learn(32, reset_num_timesteps=False)  # keeps training after loading
+    assert loaded.num_timesteps == model.num_timesteps + 32
+
+
+def test_learn_twice_and_set_env() -> None:
+    model = AttnA2C("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), **TINY)
+    model.learn(40)
+    model.learn(40, reset_num_timesteps=False)
+    assert model.num_timesteps == 80
+    model.set_env(make_vec_env("CartPole-v1", n_envs=2, seed=5))
+    model.learn(16)
+    assert model.num_timesteps == 16
+    with pytest.raises(AssertionError):
+        model.set_env(make_vec_env("CartPole-v1", n_envs=3))  # as SB3: same number of envs
+
+
+def test_vec_normalize(tmp_path) -> None:
+    env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=2, seed=0), gamma=0.99)
+    model = AttnA2C("MlpPolicy", env, **TINY).learn(64)
+    assert env.obs_rms.count > 64
+    mean, std = evaluate_policy(model, env, n_eval_episodes=1)
+    assert np.isfinite(mean) and np.isfinite(std)
+    env.save(tmp_path / "vecnormalize.pkl")
+    loaded = VecNormalize.load(tmp_path / "vecnormalize.pkl", make_vec_env("Pendulum-v1", n_envs=2))
+    assert np.allclose(loaded.obs_rms.mean, env.obs_rms.mean)
+
+
+def test_callbacks_with_progress_bar(tmp_path) -> None:
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    eval_cb = EvalCallback(make_vec_env("CartPole-v1", n_envs=1), eval_freq=10, n_eval_episodes=1, log_path=str(tmp_path))
+    ckpt = CheckpointCallback(save_freq=10, save_path=str(tmp_path / "ckpt"))
+    AttnA2C("MlpPolicy", env, **TINY).learn(48, callback=[eval_cb, ckpt], progress_bar=True)
+    assert (tmp_path / "evaluations.npz").exists()
+    assert len(list((tmp_path / "ckpt").glob("*.zip"))) >= 2
+
+
+def test_logger_records_train_keys(tmp_path) -> None:
+    model = AttnA2C("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), **TINY)
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(80, log_interval=1)
+    header = (tmp_path / "progress.csv").read_text().splitlines()[0].split(",")
+    assert {"train/contrastive_loss", "train/value_loss", "train/explained_variance", "time/fps"} <= set(header)
+
+
+def test_seeded_determinism() -> None:
+    def run() -> list[th.Tensor]:
+        model = AttnA2C("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), bert_masking=True, **TINY).learn(64)
+        return list(model.policy.state_dict().values())
+
+    for p, q in zip(run(), run(), strict=True):
+        assert th.equal(p, q)
+
+
+def test_stopping_callback_keeps_context_continuous() -> None:
+    from stable_baselines3.common.callbacks import StopTrainingOnMaxEpisodes
+
+    model = AttnA2C("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1, seed=0), **TINY)
+    model.learn(10_000, callback=StopTrainingOnMaxEpisodes(max_episodes=1))
+    assert model.num_timesteps < 10_000
+    model.learn(16, reset_num_timesteps=False)  # resumes after a rollout cut short
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        IdentityEnvBox(eps=0.5, ep_length=10),
+        IdentityEnvMultiDiscrete(dim=3, ep_length=10),
+        IdentityEnvMultiBinary(dim=3, ep_length=10),
+    ],
+    ids=["box", "multidiscrete", "multibinary"],
+)
+def test_action_spaces(env) -> None:
+    model = AttnA2C("MlpPolicy", DummyVecEnv([lambda: env]), **TINY).learn(32)
+    action, _ = model.predict(env.observation_space.sample(), deterministic=True)
+    assert env.action_space.contains(action.astype(env.action_space.dtype))
+
+
+def test_dict_observations() -> None:
+    env = DummyVecEnv([lambda: SimpleMultiObsEnv(random_start=False)] * 2)
+    model = AttnA2C("MultiInputPolicy", env, **TINY).learn(32)
+    assert type(model.rollout_buffer).__name__ == "DictEpisodeRolloutBuffer"
+    assert np.isfinite(evaluate_policy(model, env, n_eval_episodes=1)[0])
+
+
+def test_cnn_policy() -> None:
+    env = DummyVecEnv([lambda: FakeImageEnv(screen_height=36, screen_width=36, n_channels=1)])
+    model = AttnA2C("CnnPolicy", env, policy_kwargs=dict(features_extractor_kwargs=dict(features_dim=32)), **TINY).learn(16)
+    assert model.predict(env.observation_space.sample())[0].shape == ()
+
+
+def test_gsde_continuous() -> None:
+    model = AttnA2C("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2, seed=0), use_sde=True, sde_sample_freq=2, **TINY)
+    model.learn(32)
+    assert "train/std" in model.logger.name_to_value

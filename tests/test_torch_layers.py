@@ -1,0 +1,72 @@
+import pytest
+import torch as th
+
+from sb3_attn_ac.common.torch_layers import Band, EpisodeTransformer, SinusoidalPositions, TokenMeta
+
+
+def make_meta(starts: list[int], T: int) -> TokenMeta:
+    """One stream of T tokens with episodes starting at the given steps."""
+    is_start = th.zeros(T, dtype=th.long)
+    is_start[[s for s in starts if s < T]] = 1
+    step = th.arange(T)
+    last_start = th.cummax(th.where(is_start.bool(), step, 0), 0).values
+    return TokenMeta((step - last_start)[None], th.cumsum(is_start, 0)[None], th.ones(1, T, dtype=th.bool))
+
+
+def dense_allowed(meta: TokenMeta, K: int, causal: bool) -> th.Tensor:
+    ts, ep = meta.timesteps[0], meta.episode_ids[0]
+    delta = ts[:, None] - ts[None, :]
+    band = (delta >= 0) & (delta < K) if causal else delta.abs() < K
+    return band & (ep[:, None] == ep[None, :])
+
+
+@pytest.mark.parametrize("T", [5, 37])  # one dense window, then chunks
+@pytest.mark.parametrize("causal", [True, False])
+def test_band_mask_matches_dense_definition(T: int, causal: bool) -> None:
+    K = 6
+    meta = make_meta([0, 3, 9, 20], T)
+    band = Band(meta, K, causal)
+    # Scatter the chunked mask back to (T, T) and compare with the definition.
+    got = th.zeros(T, T, dtype=th.bool)
+    for c in range(band.n_chunks):
+        for i in range(band.chunk):
+            q = c * band.chunk + i
+            if q >= T:
+                continue
+            for w in range(band.width):
+                k = c * band.chunk + w - band.left
+                if 0 <= k < T and band.allowed[0, c, i, w]:
+                    got[q, k] = True
+    assert th.equal(got, dense_allowed(meta, K, causal))
+
+
+def test_chunked_attention_equals_dense_window() -> None:
+    th.manual_seed(0)
+    K, T, D = 4, 40, 16
+    model = EpisodeTransformer(D, n_layers=2, n_heads=2, context_len=K, dropout=0.0).eval()
+    meta = make_meta([0, 13], T)
+    x = th.randn(1, T, D)
+    chunked = model(x, Band(meta, K))  # T > 2K: chunked layout
+    rf = model.receptive_field
+    for t in [0, 5, 12, 13, 20, 39]:
+        lo = max(0, t - rf)
+        sub = TokenMeta(*(m[:, lo : t + 1] for m in meta))
+        dense = model(x[:, lo : t + 1], Band(sub, K))  # short: one dense window
+        assert th.allclose(chunked[0, t], dense[0, -1], atol=1e-5)
+
+
+def test_receptive_field_and_padding() -> None:
+    model = EpisodeTransformer(8, n_layers=3, n_heads=2, context_len=5, dropout=0.0)
+    assert model.receptive_field == 12
+    meta = make_meta([0], 6)
+    meta = TokenMeta(meta.timesteps, meta.episode_ids, th.tensor([[True] * 4 + [False] * 2]))
+    out = model(th.randn(1, 6, 8), Band(meta, 5))
+    assert th.isfinite(out).all()
+
+
+def test_sinusoidal_positions() -> None:
+    pos = SinusoidalPositions(7)
+    out = pos(th.tensor([0, 1, 1000]))
+    assert out.shape == (3, 7)
+    assert th.allclose(out[0, :3], th.zeros(3)) and th.allclose(out[0, 3:6], th.ones(3))
+    assert not th.allclose(out[1], out[2])

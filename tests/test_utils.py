@@ -1,0 +1,87 @@
+import math
+
+import pytest
+import torch as th
+
+from sb3_attn_ac.common.utils import (
+    check_attention_args,
+    check_contrastive_args,
+    masked_contrastive_loss,
+    select_masked,
+)
+
+
+def test_masked_contrastive_loss_hand_computed() -> None:
+    # Two queries over three keys; query 0 is masked (positive key 0), query 1 is not selected.
+    q = th.tensor([[1.0, 0.0], [0.0, 1.0]])
+    k = th.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    positive = th.tensor([0, 1])
+    selected = th.tensor([True, False])
+    allowed = th.tensor([[True, True, True], [True, True, True]])
+    omega = 0.5
+    # logits of query 0: [1, 0, 0.6] / 0.5 = [2, 0, 1.2]
+    expected = -math.log(math.exp(2.0) / (math.exp(2.0) + math.exp(0.0) + math.exp(1.2)))
+    loss = masked_contrastive_loss(q, k, positive, selected, allowed, omega)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+    # A key outside the window (episode boundary / padding) leaves the softmax.
+    allowed[0, 1] = False
+    expected = -math.log(math.exp(2.0) / (math.exp(2.0) + math.exp(1.2)))
+    assert masked_contrastive_loss(q, k, positive, selected, allowed, omega).item() == pytest.approx(expected, rel=1e-6)
+
+    # Mean over the masked positions: select both queries.
+    selected = th.tensor([True, True])
+    allowed = th.ones(2, 3, dtype=th.bool)
+    l0 = -math.log(math.exp(2.0) / (math.exp(2.0) + 1 + math.exp(1.2)))
+    l1 = -math.log(math.exp(2.0) / (1 + math.exp(2.0) + math.exp(1.6)))
+    assert masked_contrastive_loss(q, k, positive, selected, allowed, omega).item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+
+
+def test_masked_contrastive_loss_nothing_selected_is_zero_and_finite() -> None:
+    q, k = th.randn(2, 3, 4), th.randn(2, 5, 4)
+    allowed = th.zeros(2, 3, 5, dtype=th.bool)  # rows with no allowed key at all
+    loss = masked_contrastive_loss(q, k, th.zeros(2, 3, dtype=th.long), th.zeros(2, 3, dtype=th.bool), allowed, 0.1)
+    assert loss.item() == 0.0
+
+
+def test_select_masked_only_valid_and_ratio() -> None:
+    valid = th.ones(64, 64, dtype=th.bool)
+    valid[:, 32:] = False
+    sel = select_masked(valid, 0.25, th.Generator().manual_seed(0))
+    assert not sel[:, 32:].any()
+    assert sel[:, :32].float().mean().item() == pytest.approx(0.25, abs=0.03)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(context_len=0), "context_len must be an integer >= 1"),
+        (dict(n_layers=0), "n_layers"),
+        (dict(n_heads=0), "n_heads"),
+        (dict(d_model=30, n_heads=4), "d_model must be a positive multiple of n_heads"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(key_encoder="ema"), r"key_encoder must be one of \('momentum', 'shared'\)"),
+        (dict(key_momentum=1.0), "key_momentum"),
+    ],
+)
+def test_check_attention_args(kwargs: dict, match: str) -> None:
+    args = dict(context_len=4, n_layers=1, n_heads=2, d_model=8, dropout=0.0, key_encoder="momentum", key_momentum=0.9)
+    check_attention_args(**args)
+    with pytest.raises(ValueError, match=match):
+        check_attention_args(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(ct_coef=-0.1), r"ct_coef must be >= 0"),
+        (dict(ct_temperature=0.0), r"ct_temperature must be > 0"),
+        (dict(mask_ratio=0.0), r"mask_ratio must be in the open interval \(0, 1\)"),
+        (dict(mask_ratio=1.0), r"mask_ratio must be in the open interval \(0, 1\)"),
+    ],
+)
+def test_check_contrastive_args(kwargs: dict, match: str) -> None:
+    args = dict(ct_coef=0.1, ct_temperature=0.1, mask_ratio=0.15)
+    check_contrastive_args(**args)
+    with pytest.raises(ValueError, match=match):
+        check_contrastive_args(**{**args, **kwargs})
