@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m sb3_attn_ac.main
+	$(PY) examples/train.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -20,13 +20,20 @@ class RolloutRecorder(BaseCallback):
     def _on_step(self) -> bool:
         for env_idx, (done, info) in enumerate(zip(self.locals["dones"], self.locals["infos"], strict=True)):
             if done:
-                self.terminal.append((self.step, env_idx, info["terminal_observation"], info.get("TimeLimit.truncated", False)))
+                self.terminal.append(
+                    (self.step, env_idx, info["terminal_observation"], info.get("TimeLimit.truncated", False))
+                )
         self.step += 1
         return True
 
     def _on_rollout_end(self) -> None:
         buffer = self.model.rollout_buffer
-        for name, data in [("obs", buffer.observations), ("starts", buffer.episode_starts), ("values", buffer.values), ("rewards", buffer.rewards)]:
+        for name, data in [
+            ("obs", buffer.observations),
+            ("starts", buffer.episode_starts),
+            ("values", buffer.values),
+            ("rewards", buffer.rewards),
+        ]:
             getattr(self, name).append(data.copy())
 
     def stream(self, name: str) -> np.ndarray:
@@ -131,7 +138,10 @@ def test_custom_rollout_buffer_class() -> None:
         (dict(ct_coef=-1), "ct_coef must be >= 0"),
         (dict(key_encoder="target"), "key_encoder must be one of"),
         (dict(policy_kwargs=dict(context_len=8)), r"pass context_len to AttnA2C\(...\) directly"),
-        (dict(rollout_buffer_class=__import__("stable_baselines3").common.buffers.RolloutBuffer), "rollout_buffer_class must be EpisodeRolloutBuffer"),
+        (
+            dict(rollout_buffer_class=__import__("stable_baselines3").common.buffers.RolloutBuffer),
+            "rollout_buffer_class must be EpisodeRolloutBuffer",
+        ),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs: dict, match: str) -> None:

@@ -27,7 +27,7 @@ def user_script(algo: type, env) -> float:
     model = algo("MlpPolicy", env, n_steps=4, seed=0, verbose=0)
     model.learn(total_timesteps=64, progress_bar=False)
     obs = env.reset()
-    action, state = model.predict(obs, deterministic=True)
+    _, state = model.predict(obs, deterministic=True)
     assert state is None
     mean, _ = evaluate_policy(model, env, n_eval_episodes=2)
     return mean

@@ -12,36 +12,35 @@ from sb3_attn_ac.common.utils import (
 
 
 def test_masked_contrastive_loss_hand_computed() -> None:
-    # Two queries over three keys; query 0 is masked (positive key 0), query 1 is not selected.
-    q = th.tensor([[1.0, 0.0], [0.0, 1.0]])
-    k = th.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
-    positive = th.tensor([0, 1])
-    selected = th.tensor([True, False])
-    allowed = th.tensor([[True, True, True], [True, True, True]])
+    # One masked query over three candidate keys; its own key is the first.
+    q = th.tensor([[1.0, 0.0]])
+    k = th.tensor([[[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]])
+    positive = th.tensor([0])
+    allowed = th.ones(1, 3, dtype=th.bool)
     omega = 0.5
-    # logits of query 0: [1, 0, 0.6] / 0.5 = [2, 0, 1.2]
+    # logits: [1, 0, 0.6] / 0.5 = [2, 0, 1.2]
     expected = -math.log(math.exp(2.0) / (math.exp(2.0) + math.exp(0.0) + math.exp(1.2)))
-    loss = masked_contrastive_loss(q, k, positive, selected, allowed, omega)
-    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert masked_contrastive_loss(q, k, positive, allowed, omega).item() == pytest.approx(expected, rel=1e-6)
 
     # A key outside the window (episode boundary / padding) leaves the softmax.
     allowed[0, 1] = False
     expected = -math.log(math.exp(2.0) / (math.exp(2.0) + math.exp(1.2)))
-    assert masked_contrastive_loss(q, k, positive, selected, allowed, omega).item() == pytest.approx(expected, rel=1e-6)
+    assert masked_contrastive_loss(q, k, positive, allowed, omega).item() == pytest.approx(expected, rel=1e-6)
 
-    # Mean over the masked positions: select both queries.
-    selected = th.tensor([True, True])
-    allowed = th.ones(2, 3, dtype=th.bool)
+    # Mean over the masked positions: a second query whose own key is the second one.
+    q = th.tensor([[1.0, 0.0], [0.0, 1.0]])
+    k = k.expand(2, 3, 2)
     l0 = -math.log(math.exp(2.0) / (math.exp(2.0) + 1 + math.exp(1.2)))
     l1 = -math.log(math.exp(2.0) / (1 + math.exp(2.0) + math.exp(1.6)))
-    assert masked_contrastive_loss(q, k, positive, selected, allowed, omega).item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+    loss = masked_contrastive_loss(q, k, th.tensor([0, 1]), th.ones(2, 3, dtype=th.bool), omega)
+    assert loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
 
 
-def test_masked_contrastive_loss_nothing_selected_is_zero_and_finite() -> None:
-    q, k = th.randn(2, 3, 4), th.randn(2, 5, 4)
-    allowed = th.zeros(2, 3, 5, dtype=th.bool)  # rows with no allowed key at all
-    loss = masked_contrastive_loss(q, k, th.zeros(2, 3, dtype=th.long), th.zeros(2, 3, dtype=th.bool), allowed, 0.1)
+def test_masked_contrastive_loss_nothing_masked_is_zero() -> None:
+    q = th.zeros(0, 4, requires_grad=True)
+    loss = masked_contrastive_loss(q, th.zeros(0, 5, 4), th.zeros(0, dtype=th.long), th.zeros(0, 5, dtype=th.bool), 0.1)
     assert loss.item() == 0.0
+    loss.backward()
 
 
 def test_select_masked_only_valid_and_ratio() -> None:

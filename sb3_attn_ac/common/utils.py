@@ -10,32 +10,26 @@ SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscret
 
 
 def masked_contrastive_loss(
-    queries: th.Tensor,
-    keys: th.Tensor,
-    positive: th.Tensor,
-    selected: th.Tensor,
-    allowed: th.Tensor,
-    temperature: float,
+    queries: th.Tensor, keys: th.Tensor, positive: th.Tensor, allowed: th.Tensor, temperature: float
 ) -> th.Tensor:
-    """InfoNCE at masked positions ("leave one out", BERT-like):
+    """InfoNCE at the masked positions ("leave one out", BERT-like), averaged over them:
 
-        L_ct = 1 / sum_i M_i * sum_i -M_i * log( exp(q_i . k_i+ / omega) / sum_j exp(q_i . k_j / omega) )
+        L_ct = 1 / N * sum_i -log( exp(q_i . k_i+ / omega) / sum_j exp(q_i . k_j / omega) )
 
-    where j runs over the keys allowed for query i (its trajectory window) and ``k_i+`` is its own state's key.
+    where j runs over the candidate keys allowed for query i (its trajectory window) and ``k_i+`` is the key of
+    its own state.
 
-    :param queries: (..., Q, D) one query per position
-    :param keys: (..., S, D) candidate keys
-    :param positive: (..., Q) index in ``S`` of each query's own key
-    :param selected: (..., Q) M_i, True at masked positions
-    :param allowed: (..., Q, S) which keys enter each query's softmax (must include the positive)
+    :param queries: (N, D) one query per masked position
+    :param keys: (N, S, D) each query's candidate keys
+    :param positive: (N,) index in ``S`` of each query's own key
+    :param allowed: (N, S) which keys enter each query's softmax (must include the positive)
     :param temperature: omega > 0
-    :return: scalar loss, 0 when nothing is selected
+    :return: scalar loss (0 when N == 0)
     """
-    logits = (queries @ keys.transpose(-1, -2)) / temperature  # (..., Q, S)
-    logits = logits.masked_fill(~allowed, float("-inf"))
-    log_prob = F.log_softmax(logits, dim=-1).gather(-1, positive.unsqueeze(-1)).squeeze(-1)  # (..., Q)
-    # th.where, not a product: rows that are not selected may hold -inf (e.g. padding).
-    return -th.where(selected, log_prob, 0.0).sum() / selected.sum().clamp(min=1)
+    if len(queries) == 0:
+        return queries.sum() * 0.0
+    logits = th.bmm(keys, queries.unsqueeze(-1)).squeeze(-1) / temperature  # (N, S)
+    return F.cross_entropy(logits.masked_fill(~allowed, float("-inf")), positive)
 
 
 def select_masked(valid: th.Tensor, mask_ratio: float, generator: th.Generator | None = None) -> th.Tensor:
@@ -94,6 +88,4 @@ def check_spaces(observation_space: spaces.Space, action_space: spaces.Space) ->
     leaves = observation_space.spaces.values() if isinstance(observation_space, spaces.Dict) else [observation_space]
     for leaf in leaves:
         if not isinstance(leaf, SUPPORTED_OBSERVATION_SPACES):
-            raise ValueError(
-                f"observation_space must be one of {names} or a Dict of them, got {observation_space}"
-            )
+            raise ValueError(f"observation_space must be one of {names} or a Dict of them, got {observation_space}")

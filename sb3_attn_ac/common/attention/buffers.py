@@ -79,7 +79,15 @@ class EpisodeBufferMixin:
         self.last_observations: Obs | None = None
         self.last_episode_starts: np.ndarray | None = None
 
-    def add(self, obs: Obs, action: np.ndarray, reward: np.ndarray, episode_start: np.ndarray, value: th.Tensor, log_prob: th.Tensor) -> None:
+    def add(
+        self,
+        obs: Obs,
+        action: np.ndarray,
+        reward: np.ndarray,
+        episode_start: np.ndarray,
+        value: th.Tensor,
+        log_prob: th.Tensor,
+    ) -> None:
         """Add one step for every env (as SB3's ``add``); its index within the episode is tracked here."""
         timestep = np.where(episode_start.astype(bool), 0, self._next_timestep)
         self.timesteps[self.pos] = timestep
@@ -93,7 +101,9 @@ class EpisodeBufferMixin:
         """
         self.terminal_steps.append(self.pos - 1)
         self.terminal_envs.append(env_idx)
-        self.terminal_observations.append(tree_map(lambda o, shape: np.asarray(o).reshape(shape), terminal_obs, self.obs_shape))
+        self.terminal_observations.append(
+            tree_map(lambda o, shape: np.asarray(o).reshape(shape), terminal_obs, self.obs_shape)
+        )
 
     def finish_rollout(self, last_obs: Obs, last_episode_starts: np.ndarray) -> None:
         """Close the rollout (also one cut short by a callback): store the observation that follows it and
@@ -103,7 +113,9 @@ class EpisodeBufferMixin:
         :param last_episode_starts: whether it starts a new episode
         """
         T, P = self.pos, self.prefix_len
-        self.last_observations = tree_map(lambda o, shape: np.asarray(o).reshape((self.n_envs, *shape)), last_obs, self.obs_shape)
+        self.last_observations = tree_map(
+            lambda o, shape: np.asarray(o).reshape((self.n_envs, *shape)), last_obs, self.obs_shape
+        )
         self.last_episode_starts = np.asarray(last_episode_starts, dtype=bool)
         self._next_timestep = np.where(self.last_episode_starts, 0, self._next_timestep)
 

@@ -124,7 +124,10 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
     def _setup_model(self) -> None:
         # Everything below derives from saved attributes, so load() (which calls this after restoring them) agrees.
         if not issubclass(self.policy_class, AttnActorCriticPolicy):
-            raise ValueError(f"policy must be one of {sorted(self.policy_aliases)} or a subclass of AttnActorCriticPolicy, got {self.policy_class}")
+            raise ValueError(
+                f"policy must be one of {sorted(self.policy_aliases)} or a subclass of AttnActorCriticPolicy, "
+                f"got {self.policy_class}"
+            )
         if self.rollout_buffer_class is None:
             dict_obs = isinstance(self.observation_space, spaces.Dict)
             self.rollout_buffer_class = DictEpisodeRolloutBuffer if dict_obs else EpisodeRolloutBuffer
@@ -207,7 +210,11 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
             rollout_buffer.add(self._last_obs, actions, rewards, self._last_episode_starts, no_values, log_probs)  # type: ignore[arg-type]
             for idx, done in enumerate(dones):
                 # Time limit: bootstrap from the terminal observation's value *with its episode's context*.
-                if done and infos[idx].get("terminal_observation") is not None and infos[idx].get("TimeLimit.truncated", False):
+                if (
+                    done
+                    and infos[idx].get("terminal_observation") is not None
+                    and infos[idx].get("TimeLimit.truncated", False)
+                ):
                     rollout_buffer.add_terminal(idx, infos[idx]["terminal_observation"])
             self._last_obs = new_obs  # type: ignore[assignment]
             self._last_episode_starts = dones

@@ -182,7 +182,9 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
     def _value_head(self, hidden: th.Tensor) -> th.Tensor:
         return self.value_net(self.mlp_extractor.forward_critic(hidden)).squeeze(-1)
 
-    def evaluate_streams(self, streams: EpisodeStreams, mask_ratio: float | None = None, bert_masking: bool = False) -> StreamValues:
+    def evaluate_streams(
+        self, streams: EpisodeStreams, mask_ratio: float | None = None, bert_masking: bool = False
+    ) -> StreamValues:
         """The critic over a rollout's streams in one batched pass ("Method 2").
 
         With ``mask_ratio``, a masked copy of the streams (for :meth:`contrastive_loss`) runs in the same
@@ -227,7 +229,9 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             masked=masked,
         )
 
-    def trajectory_values(self, observations: np.ndarray | dict[str, np.ndarray], episode_starts: np.ndarray | None = None) -> th.Tensor:
+    def trajectory_values(
+        self, observations: np.ndarray | dict[str, np.ndarray], episode_starts: np.ndarray | None = None
+    ) -> th.Tensor:
         """V for every step of one stream of observations ("Method 2"): the values the algorithm uses.
 
         :param observations: (T, *obs_shape) consecutive observations of one env (or a dict of them)
@@ -236,7 +240,9 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         """
         obs, _ = self.obs_to_tensor(observations)
         T = len(next(iter(obs.values())) if isinstance(obs, dict) else obs)
-        starts = np.zeros(T, dtype=bool) if episode_starts is None else np.asarray(episode_starts, dtype=bool).reshape(T).copy()
+        starts = (
+            np.zeros(T, dtype=bool) if episode_starts is None else np.asarray(episode_starts, dtype=bool).reshape(T).copy()
+        )
         starts[0] = True
         step = np.arange(T)
         timesteps = step - np.maximum.accumulate(np.where(starts, step, 0))
@@ -283,21 +289,23 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         """
         band = masked.band
         E = masked.hidden.shape[0]
-        queries = F.normalize(self.query_head(masked.hidden), dim=-1)
+        # Only the masked positions need a query: gather them, with their window of keys.
+        env, chunk, slot = band.queries(masked.selected[:, None, :, None])[:, 0, ..., 0].nonzero(as_tuple=True)
+        hidden = band.queries(masked.hidden[:, None])[:, 0][env, chunk, slot]  # (N, D)
+        queries = F.normalize(self.query_head(hidden), dim=-1)
         keys = self.key_net(masked.features.detach()) if self.key_net is not None else masked.tokens
-        keys = F.normalize(keys, dim=-1)
-        q = band.queries(queries[:, None])[:, 0]  # (E, nC, C, D)
-        k = band.windows(keys[:, None])[:, 0]  # (E, nC, W, D)
-        positive = (band.left + th.arange(band.chunk, device=q.device)).expand(q.shape[:-1])
-        selected = band.queries(masked.selected[:, None, :, None])[:, 0, ..., 0]  # (E, nC, C)
-        return masked_contrastive_loss(q, k, positive, selected, band.allowed[E:], temperature)
+        keys = band.windows(F.normalize(keys, dim=-1)[:, None])[:, 0][env, chunk]  # (N, W, D)
+        allowed = band.allowed[E:][env, chunk, slot]  # (N, W): the masked rows' windows
+        return masked_contrastive_loss(queries, keys, band.left + slot, allowed, temperature)
 
     def update_key_encoder(self) -> None:
         """EMA step of the momentum key encoder (no-op with the shared encoder)."""
         if self.key_net is None:
             return
         with th.no_grad():
-            th._foreach_lerp_(list(self.key_net.parameters()), list(self.token_embedding.parameters()), 1.0 - self.key_momentum)
+            th._foreach_lerp_(
+                list(self.key_net.parameters()), list(self.token_embedding.parameters()), 1.0 - self.key_momentum
+            )
 
 
 class AttnActorCriticCnnPolicy(AttnActorCriticPolicy):
@@ -310,5 +318,7 @@ class AttnActorCriticCnnPolicy(AttnActorCriticPolicy):
 class AttnMultiInputActorCriticPolicy(AttnActorCriticPolicy):
     """:class:`AttnActorCriticPolicy` with SB3's CombinedExtractor (Dict observations)."""
 
-    def __init__(self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor, **kwargs: Any
+    ) -> None:
         super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
