@@ -25,6 +25,7 @@ from sb3_attn_ac import AttnA2C
 
 ALGOS = {"A2C": A2C, "AttnA2C": AttnA2C}
 ENV_ID, N_ENVS = "CartPole-v1", 8
+EVAL_EVERY = 2_500  # timesteps between evaluations in the time-to-threshold runs
 
 
 class Timers:
@@ -101,7 +102,7 @@ def time_to_threshold(seeds: list[int], budget: int, threshold: float) -> dict[s
     for seed in seeds:
         for name, algo in ALGOS.items():
             model = algo("MlpPolicy", make_vec_env(ENV_ID, n_envs=N_ENVS, seed=seed), seed=seed)
-            callback = TimeToThreshold(threshold, eval_freq=10_000 // N_ENVS, n_episodes=10, seed=seed)
+            callback = TimeToThreshold(threshold, eval_freq=EVAL_EVERY // N_ENVS, n_episodes=10, seed=seed)
             model.learn(budget, callback=callback)
             steps, seconds = callback.reached or (None, None)
             results[name].append({"seed": seed, "steps": steps, "seconds": seconds, "curve": callback.curve})
@@ -114,7 +115,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=5, help="alternating A2C/AttnA2C runs for the FPS ratio")
     parser.add_argument("--steps", type=int, default=20_000, help="timesteps per FPS run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds for the time to threshold")
-    parser.add_argument("--budget", type=int, default=500_000, help="max timesteps per time-to-threshold run")
+    parser.add_argument("--budget", type=int, default=300_000, help="max timesteps per time-to-threshold run")
     parser.add_argument("--threshold", type=float, default=475.0)
     parser.add_argument("--skip-threshold", action="store_true", help="only measure the FPS ratio")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "speed.json")
@@ -147,7 +148,7 @@ def main() -> None:
         "seeds": args.seeds,
         "budget": args.budget,
         "threshold": args.threshold,
-        "eval": "10 deterministic episodes every 10k steps",
+        "eval": f"10 deterministic episodes every {EVAL_EVERY} steps",
     }
     summary["environment"] = common.environment()
     args.out.parent.mkdir(parents=True, exist_ok=True)
