@@ -4,11 +4,11 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import platform  # noqa: E402
-import subprocess  # noqa: E402
-from importlib.metadata import version  # noqa: E402
+import platform
+import subprocess
+from importlib.metadata import version
 
-import torch as th  # noqa: E402
+import torch as th
 
 # One thread: on small machines torch's thread pool makes tiny networks tens of times slower.
 th.set_num_threads(1)

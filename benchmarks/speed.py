@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import common  # noqa: F401  (one torch thread; must come first)
+import common
 from stable_baselines3 import A2C
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
@@ -66,7 +66,8 @@ def fps_pairs(pairs: int, steps: int) -> list[dict]:
         if pair >= 0:
             row["ratio"] = row["AttnA2C"]["fps"] / row["A2C"]["fps"]
             results.append(row)
-            print(f"pair {pair}: A2C {row['A2C']['fps']:.0f} fps, AttnA2C {row['AttnA2C']['fps']:.0f} fps, ratio {row['ratio']:.3f}")
+            fps = ", ".join(f"{name} {row[name]['fps']:.0f} fps" for name in ALGOS)
+            print(f"pair {pair}: {fps}, ratio {row['ratio']:.3f}")
     return results
 
 
@@ -133,13 +134,14 @@ def main() -> None:
     if not args.skip_threshold:
         runs = time_to_threshold(args.seeds, args.budget, args.threshold)
         summary["time_to_threshold"] = runs
-        print(f"\n(b) training wall-clock time to a mean evaluation return of {args.threshold:.0f} (median over seeds {args.seeds}):")
+        print(f"\n(b) training time to a mean evaluation return of {args.threshold:.0f} (median over seeds {args.seeds}):")
         for name, rows in runs.items():
             seconds = [r["seconds"] if r["seconds"] is not None else float("inf") for r in rows]
             steps = [r["steps"] if r["steps"] is not None else float("inf") for r in rows]
             summary[f"{name}_median_seconds"] = statistics.median(seconds)
             summary[f"{name}_median_steps"] = statistics.median(steps)
-            print(f"    {name:8s} {statistics.median(seconds):7.1f} s  ({statistics.median(steps):.0f} steps)  per seed: {seconds}")
+            median_s, median_steps = statistics.median(seconds), statistics.median(steps)
+            print(f"    {name:8s} {median_s:7.1f} s  ({median_steps:.0f} steps)  per seed: {[round(x, 2) for x in seconds]}")
 
     summary["config"] = {
         "env": ENV_ID,

@@ -1,7 +1,7 @@
 """The main job: train AttnA2C on a task, evaluate it, and plot its learning curve.
 
-    python examples/train.py                          # CartPole-v1, 50k steps, 8 envs
-    python examples/train.py --env Acrobot-v1 --timesteps 100000
+python examples/train.py                          # CartPole-v1, 50k steps, 8 envs
+python examples/train.py --env Acrobot-v1 --timesteps 100000
 """
 
 import argparse
@@ -10,17 +10,17 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import matplotlib  # noqa: E402
-import numpy as np  # noqa: E402
-import torch as th  # noqa: E402
-from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
-from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
-from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
+import matplotlib
+import numpy as np
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
 
-from sb3_attn_ac import AttnA2C  # noqa: E402
+from sb3_attn_ac import AttnA2C
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 # One thread: on small machines torch's thread pool makes tiny networks tens of times slower.
 th.set_num_threads(1)
