@@ -8,6 +8,7 @@ from sb3_attn_ac.common.attention import (
     DictEpisodeRolloutBuffer,
     EpisodeRolloutBuffer,
 )
+from sb3_attn_ac.ppo_attn import AttnPPO
 from sb3_attn_ac.version import __version__
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "AttnActorCriticCnnPolicy",
     "AttnActorCriticPolicy",
     "AttnMultiInputActorCriticPolicy",
+    "AttnPPO",
     "DictEpisodeRolloutBuffer",
     "EpisodeRolloutBuffer",
     "__version__",

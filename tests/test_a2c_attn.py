@@ -15,6 +15,7 @@ class RolloutRecorder(BaseCallback):
     def __init__(self) -> None:
         super().__init__()
         self.obs, self.starts, self.values, self.rewards, self.terminal = [], [], [], [], []
+        self.actions, self.log_probs = [], []
         self.step = 0
 
     def _on_step(self) -> bool:
@@ -33,6 +34,8 @@ class RolloutRecorder(BaseCallback):
             ("starts", buffer.episode_starts),
             ("values", buffer.values),
             ("rewards", buffer.rewards),
+            ("actions", buffer.actions),
+            ("log_probs", buffer.log_probs),
         ]:
             getattr(self, name).append(data.copy())
 
@@ -47,10 +50,10 @@ def frozen_model(n_envs: int = 3, max_steps: int = 20, **kwargs) -> AttnA2C:
     return AttnA2C("MlpPolicy", env, **{**args, **kwargs})
 
 
-@pytest.mark.parametrize("ct_coef", [0.0, 0.1])
-def test_rollout_values_equal_trajectory_values(ct_coef: float) -> None:
+@pytest.mark.parametrize(("ct_coef", "actor_context"), [(0.0, False), (0.1, False), (0.1, True)])
+def test_rollout_values_equal_trajectory_values(ct_coef: float, actor_context: bool) -> None:
     # Episodes (time limit 20) cross rollout boundaries (7 steps) and a second learn() call.
-    model = frozen_model(ct_coef=ct_coef)
+    model = frozen_model(ct_coef=ct_coef, actor_context=actor_context)
     recorder = RolloutRecorder()
     model.learn(3 * 7 * 6, callback=recorder)
     model.learn(3 * 7 * 4, callback=recorder, reset_num_timesteps=False)
@@ -59,6 +62,12 @@ def test_rollout_values_equal_trajectory_values(ct_coef: float) -> None:
     for env_idx in range(3):
         expected = model.policy.trajectory_values(obs[:, env_idx], starts[:, env_idx]).numpy()
         np.testing.assert_allclose(values[:, env_idx], expected, atol=1e-5)
+        # Acting-time log-probabilities equal those of the whole stream (with actor context, incremental
+        # acting through the key/value cache must match the batched pass).
+        distribution = model.policy.trajectory_distribution(obs[:, env_idx], starts[:, env_idx])
+        actions = th.as_tensor(recorder.stream("actions")[:, env_idx, 0])
+        expected = distribution.log_prob(actions).numpy()
+        np.testing.assert_allclose(recorder.stream("log_probs")[:, env_idx], expected, atol=1e-5)
 
 
 def test_timeout_bootstraps_from_terminal_value_with_context() -> None:

@@ -65,6 +65,8 @@ class AttnA2C(AttnOnPolicyAlgorithm):
     :param key_encoder: ``"momentum"`` (EMA copy of the token embedding, no gradient) or ``"shared"``
     :param key_momentum: EMA coefficient of the momentum key encoder
     :param bert_masking: BERT's 80/10/10 replacement (mask / random token / unchanged) instead of always masking
+    :param actor_context: the actor also reads the transformer's output at each step (the episode so far), for
+        partially observed tasks; ``predict`` then carries the context in ``state`` (as RecurrentPPO)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -103,6 +105,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         key_encoder: str = "momentum",
         key_momentum: float = 0.95,
         bert_masking: bool = False,
+        actor_context: bool = False,
         _init_setup_model: bool = True,
     ) -> None:
         super().__init__(
@@ -136,6 +139,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
             key_encoder=key_encoder,
             key_momentum=key_momentum,
             bert_masking=bert_masking,
+            actor_context=actor_context,
         )
         self.normalize_advantage = normalize_advantage
         # As A2C: RMSprop (the original implementation) unless an optimizer is given; multi-tensor (foreach)
@@ -163,7 +167,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         actions = th.as_tensor(buffer.actions.reshape(-1, buffer.action_dim).astype(np.float32), device=self.device)
         if isinstance(self.action_space, spaces.Discrete):
             actions = actions.long().flatten()
-        distribution = self.policy.get_distribution(observations)
+        distribution = self.policy.action_distribution(observations, out.hidden.reshape(-1, out.hidden.shape[-1]))
         log_prob = distribution.log_prob(actions)
         entropy = distribution.entropy()
         values = out.values.reshape(-1)

@@ -105,8 +105,8 @@ class WindowAttention(nn.Module):
         self.dropout = dropout
         self.resid_dropout = dropout_layer(dropout)
 
-    def forward(self, x: th.Tensor, band: Band) -> th.Tensor:
-        """(B, T, D) -> (B, T, D)."""
+    def forward(self, x: th.Tensor, band: Band) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """(B, T, D) -> (B, T, D) output, and this layer's keys and values, each (B, H, T, d)."""
         B, T, D = x.shape
         H = self.n_heads
         q, k, v = self.qkv(x).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)  # each (B, H, T, d)
@@ -117,7 +117,25 @@ class WindowAttention(nn.Module):
             attn_mask=band.attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
         )
-        return self.resid_dropout(self.proj(band.merge(y)))
+        return self.resid_dropout(self.proj(band.merge(y))), k, v
+
+    def step(
+        self, x: th.Tensor, keys: th.Tensor, values: th.Tensor, valid: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """One new token per row, attending to itself and its cached predecessors.
+
+        :param x: (B, D) layer input of the new tokens
+        :param keys: (B, H, K - 1, d) cached keys of the previous K - 1 steps
+        :param values: (B, H, K - 1, d) cached values
+        :param valid: (B, K - 1) which cache slots hold steps of the same episode
+        :return: (B, D) output, and keys and values with the new token appended, each (B, H, K, d)
+        """
+        B, D = x.shape
+        q, k, v = self.qkv(x).view(B, 3, self.n_heads, 1, D // self.n_heads).unbind(1)  # each (B, H, 1, d)
+        keys, values = th.cat([keys, k], dim=2), th.cat([values, v], dim=2)
+        mask = F.pad(valid, (0, 1), value=True)[:, None, None]  # (B, 1, 1, K)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H, 1, d)
+        return self.proj(y.reshape(B, D)), keys, values
 
 
 class Block(nn.Module):
@@ -135,9 +153,17 @@ class Block(nn.Module):
             nn.Linear(d_model, 2 * d_model), nn.ReLU(), nn.Linear(2 * d_model, d_model), dropout_layer(dropout)
         )
 
-    def forward(self, x: th.Tensor, band: Band) -> th.Tensor:
-        x = x + self.attn(self.ln_1(x), band)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x: th.Tensor, band: Band) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        y, k, v = self.attn(self.ln_1(x), band)
+        x = x + y
+        return x + self.mlp(self.ln_2(x)), k, v
+
+    def step(
+        self, x: th.Tensor, keys: th.Tensor, values: th.Tensor, valid: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        y, keys, values = self.attn.step(self.ln_1(x), keys, values, valid)
+        x = x + y
+        return x + self.mlp(self.ln_2(x)), keys, values
 
 
 class EpisodeTransformer(nn.Module):
@@ -182,8 +208,57 @@ class EpisodeTransformer(nn.Module):
         :return: (B, T, D) outputs
         """
         for block in self.blocks:
-            x = block(x, band)
+            x = block(x, band)[0]
         return self.ln_f(x)
+
+    def forward_with_cache(self, x: th.Tensor, band: Band) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """:meth:`forward`, also returning every layer's keys and values of the last K - 1 tokens (a warm
+        :class:`KVCache`; needs T >= K - 1).
+
+        :return: (B, T, D) outputs, keys and values each (n_layers, B, H, K - 1, d)
+        """
+        n = self.context_len - 1
+        keys, values = [], []
+        for block in self.blocks:
+            x, k, v = block(x, band)
+            keys.append(k[:, :, k.shape[2] - n :])
+            values.append(v[:, :, v.shape[2] - n :])
+        return self.ln_f(x), th.stack(keys), th.stack(values)
+
+    def step(self, x: th.Tensor, cache: "KVCache") -> tuple[th.Tensor, "KVCache"]:
+        """Incremental (acting-time) pass: one new token per row, cost independent of its position.
+
+        :param x: (B, D) new tokens (embedding + position)
+        :param cache: the previous K - 1 steps' keys and values of every layer
+        :return: (B, D) outputs and the cache rolled forward by one step
+        """
+        new_keys, new_values = [], []
+        for i, block in enumerate(self.blocks):
+            x, k, v = block.step(x, cache.keys[i], cache.values[i], cache.valid)
+            new_keys.append(k[:, :, 1:])  # drop the oldest step: the window slides
+            new_values.append(v[:, :, 1:])
+        valid = th.cat([cache.valid, th.ones_like(cache.valid[:, :1])], dim=1)[:, 1:]
+        return self.ln_f(x), KVCache(th.stack(new_keys), th.stack(new_values), valid)
+
+
+class KVCache(NamedTuple):
+    """Rolling key/value cache of the last K - 1 steps of each row's running episode, for every layer.
+
+    :param keys: (n_layers, B, H, K - 1, d)
+    :param values: (n_layers, B, H, K - 1, d)
+    :param valid: (B, K - 1) slots holding steps of the running episode (oldest first)
+    """
+
+    keys: th.Tensor
+    values: th.Tensor
+    valid: th.Tensor
+
+    def reset(self, rows: th.Tensor) -> "KVCache":
+        """Empty the cache of the rows where a new episode starts.
+
+        :param rows: (B,) bool
+        """
+        return KVCache(self.keys, self.values, self.valid & ~rows[:, None])
 
 
 class SinusoidalPositions(nn.Module):

@@ -8,7 +8,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 
-from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams
+from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, StreamSegments
 from sb3_attn_ac.common.torch_layers import TokenMeta
 
 Obs = np.ndarray | dict[str, np.ndarray]
@@ -19,6 +19,11 @@ def tree_map(fn: Callable[..., Any], *trees: Any) -> Any:
     if isinstance(trees[0], dict):
         return {key: fn(*(tree[key] for tree in trees)) for key in trees[0]}
     return fn(*trees)
+
+
+def take(observations: Any, rows: th.Tensor) -> Any:
+    """Rows of a tensor of observations, or of each tensor of a dict of them."""
+    return tree_map(lambda o: o[rows], observations)
 
 
 class EpisodeBufferMixin:
@@ -89,10 +94,27 @@ class EpisodeBufferMixin:
         log_prob: th.Tensor,
     ) -> None:
         """Add one step for every env (as SB3's ``add``); its index within the episode is tracked here."""
-        timestep = np.where(episode_start.astype(bool), 0, self._next_timestep)
+        timestep = self.next_timesteps(episode_start)
         self.timesteps[self.pos] = timestep
         self._next_timestep = timestep + 1
         super().add(obs, action, reward, episode_start, value, log_prob)  # type: ignore[misc]
+
+    def next_timesteps(self, episode_starts: np.ndarray) -> np.ndarray:
+        """Index within its episode of each env's current observation (0 where ``episode_starts``)."""
+        return np.where(np.asarray(episode_starts, dtype=bool), 0, self._next_timestep)
+
+    def prefix_stream(self) -> tuple[th.Tensor | dict[str, th.Tensor], TokenMeta]:
+        """The carried prefix as streams: (E * P, *obs_shape) observations, row-major, and (E, P) metadata."""
+        E, P = self.n_envs, self.prefix_len
+        observations = tree_map(
+            lambda o: th.as_tensor(o.swapaxes(0, 1).reshape(E * P, *o.shape[2:]), device=self.device), self.prefix_observations
+        )
+        meta = TokenMeta(
+            th.as_tensor(self.prefix_timesteps.T, device=self.device),
+            th.as_tensor(np.cumsum(self.prefix_episode_starts.T, axis=1), device=self.device),
+            th.as_tensor(self.prefix_valid.T, device=self.device),
+        )
+        return observations, meta
 
     def add_terminal(self, env_idx: int, terminal_obs: Obs) -> None:
         """Record the terminal observation of env ``env_idx``'s episode truncated at the step just added.
@@ -190,6 +212,33 @@ class EpisodeBufferMixin:
             terminal_steps=term_t,
             last_cols=to_torch(last_cols),
         )
+
+
+def segment_streams(streams: EpisodeStreams, length: int) -> StreamSegments:
+    """Cut each env's stream after the prefix into segments of ``length`` columns, each preceded by the
+    ``n_prefix`` columns before it as context, so every rollout step is trained exactly once per epoch with
+    exactly the context it had while acting. Segments with no rollout step are dropped.
+
+    :param streams: a rollout's streams
+    :param length: columns per segment
+    """
+    E, L = streams.index.shape
+    T = streams.step_cols.shape[0]
+    C = streams.n_prefix
+    device = streams.index.device
+    steps_at = th.full((E, L), -1, dtype=th.long, device=device)
+    steps_at[th.arange(E, device=device)[None, :], streams.step_cols] = th.arange(T * E, device=device).view(T, E)
+    first = th.arange(C, L, length, device=device)  # (S,) first column of each segment
+    cols = first[:, None] + th.arange(-C, length, device=device)  # (S, C + length)
+    inside = (cols < L)[None].expand(E, -1, -1)  # (E, S, C + length)
+    cols = cols.clamp(max=L - 1)[None].expand(E, -1, -1)
+    gather = lambda x: th.gather(x[:, None].expand(-1, cols.shape[1], -1), 2, cols)  # noqa: E731
+    steps = th.where(inside, gather(steps_at), -1)
+    steps[..., :C] = -1  # the context is not trained here: it belongs to the previous segment (or rollout)
+    meta = TokenMeta(gather(streams.meta.timesteps), gather(streams.meta.episode_ids), gather(streams.meta.valid) & inside)
+    keep = (steps >= 0).any(dim=-1).flatten()  # (E * S,)
+    flat = lambda x: x.flatten(0, 1)[keep]  # noqa: E731
+    return StreamSegments(flat(gather(streams.index)), TokenMeta(*(flat(m) for m in meta)), flat(steps))
 
 
 class EpisodeRolloutBuffer(EpisodeBufferMixin, RolloutBuffer):

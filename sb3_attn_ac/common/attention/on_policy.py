@@ -23,7 +23,7 @@ from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, StreamValu
 from sb3_attn_ac.common.utils import check_attention_args, check_contrastive_args, check_spaces
 
 # Algorithm arguments that are forwarded to the policy.
-POLICY_ARGS = ("context_len", "n_layers", "n_heads", "d_model", "dropout", "key_encoder", "key_momentum")
+POLICY_ARGS = ("context_len", "n_layers", "n_heads", "d_model", "dropout", "key_encoder", "key_momentum", "actor_context")
 
 
 class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
@@ -80,6 +80,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         key_encoder: str,
         key_momentum: float,
         bert_masking: bool,
+        actor_context: bool,
     ) -> None:
         check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum)
         check_contrastive_args(ct_coef, ct_temperature, mask_ratio)
@@ -120,6 +121,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.key_encoder = key_encoder
         self.key_momentum = key_momentum
         self.bert_masking = bert_masking
+        self.actor_context = actor_context
 
     def _setup_model(self) -> None:
         # Everything below derives from saved attributes, so load() (which calls this after restoring them) agrees.
@@ -177,6 +179,11 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         callback.on_rollout_start()
         no_values = th.zeros(env.num_envs)  # filled by the critic pass at the end of the rollout
         continue_training = True
+        if self.actor_context:
+            # The actor reads the episode so far: rebuild each env's key/value cache from the carried prefix
+            # with the current parameters, so acting sees exactly what the update will recompute.
+            with th.no_grad():
+                cache = self.policy.cache_from_stream(*rollout_buffer.prefix_stream())
 
         while n_steps < n_rollout_steps:
             if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
@@ -184,7 +191,12 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
 
             with th.no_grad():
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
-                distribution = self.policy.get_distribution(obs_tensor)
+                if self.actor_context:
+                    starts = th.as_tensor(self._last_episode_starts, dtype=th.bool, device=self.device)
+                    timesteps = th.as_tensor(rollout_buffer.next_timesteps(self._last_episode_starts), device=self.device)  # type: ignore[arg-type]
+                    distribution, _, cache = self.policy.step(obs_tensor, timesteps, cache.reset(starts))
+                else:
+                    distribution = self.policy.get_distribution(obs_tensor)
                 actions_tensor = distribution.get_actions()
                 log_probs = distribution.log_prob(actions_tensor)
             actions = actions_tensor.cpu().numpy().reshape((-1, *self.action_space.shape))  # type: ignore[misc]

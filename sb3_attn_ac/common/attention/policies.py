@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.torch_layers import (
     BaseFeaturesExtractor,
@@ -18,8 +19,9 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 from torch.nn import functional as F
 
+from sb3_attn_ac.common.attention.buffers import take
 from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, MaskedPass, StreamValues
-from sb3_attn_ac.common.torch_layers import Band, EpisodeTransformer, SinusoidalPositions, TokenMeta
+from sb3_attn_ac.common.torch_layers import Band, EpisodeTransformer, KVCache, SinusoidalPositions, TokenMeta
 from sb3_attn_ac.common.utils import check_attention_args, check_spaces, masked_contrastive_loss, select_masked
 
 
@@ -61,6 +63,10 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
     :param key_encoder: keys of the contrastive loss: ``"momentum"`` (an EMA copy of the token embedding,
         no gradient, as CURL / M-CURL) or ``"shared"`` (the online token embedding)
     :param key_momentum: EMA coefficient m of the momentum key encoder: k <- m * k + (1 - m) * online
+    :param actor_context: the actor also reads the transformer's output at step t (concatenated to the step's
+        features), so it can use the episode's earlier steps (partially observed tasks). Actor and critic share
+        the transformer. Acting is then incremental (a rolling key/value cache per env and layer) and
+        :meth:`predict` carries it in ``state``.
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         dropout: float = 0.0,
         key_encoder: str = "momentum",
         key_momentum: float = 0.95,
+        actor_context: bool = False,
     ) -> None:
         check_spaces(observation_space, action_space)
         check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum)
@@ -100,6 +107,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.dropout = dropout
         self.key_encoder = key_encoder
         self.key_momentum = key_momentum
+        self.actor_context = actor_context
         if net_arch is None:
             # SB3's actor; the critic's body is the transformer (its blocks hold MLPs), read by a linear head.
             net_arch = [] if features_extractor_class == NatureCNN else dict(pi=[64, 64], vf=[])
@@ -133,6 +141,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             dropout=self.dropout,
             key_encoder=self.key_encoder,
             key_momentum=self.key_momentum,
+            actor_context=self.actor_context,
             share_features_extractor=self.share_features_extractor,
             normalize_images=self.normalize_images,
         )
@@ -141,10 +150,16 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
     def _build_mlp_extractor(self) -> None:
         # Called by _build() before the optimizer is created: build the transformer critic here too.
         super()._build_mlp_extractor()
-        # The value MLP reads the transformer's output (d_model wide), not the per-step features.
+        # The value MLP reads the transformer's output (d_model wide), not the per-step features; with
+        # actor_context the policy MLP reads both.
         critic_mlp = MlpExtractor(self.d_model, net_arch=self.net_arch, activation_fn=self.activation_fn, device=self.device)
         self.mlp_extractor.value_net = critic_mlp.value_net
         self.mlp_extractor.latent_dim_vf = critic_mlp.latent_dim_vf
+        if self.actor_context:
+            actor_in = self.features_dim + self.d_model
+            actor_mlp = MlpExtractor(actor_in, net_arch=self.net_arch, activation_fn=self.activation_fn, device=self.device)
+            self.mlp_extractor.policy_net = actor_mlp.policy_net
+            self.mlp_extractor.latent_dim_pi = actor_mlp.latent_dim_pi
         self.token_embedding = nn.Linear(self.features_dim, self.d_model)
         self.positions = SinusoidalPositions(self.d_model)
         self.transformer = EpisodeTransformer(self.d_model, self.n_layers, self.n_heads, self.context_len, self.dropout)
@@ -171,7 +186,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             module.__dict__["training"] = mode
 
     # ----------------------------------------------------------------------------------------------------
-    # Critic
+    # The transformer over streams (training, "Method 2")
     def _critic_features(self, obs: PyTorchObs) -> th.Tensor:
         return BasePolicy.extract_features(self, obs, self.vf_features_extractor)  # type: ignore[return-value]
 
@@ -182,52 +197,87 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
     def _value_head(self, hidden: th.Tensor) -> th.Tensor:
         return self.value_net(self.mlp_extractor.forward_critic(hidden)).squeeze(-1)
 
+    def stream_forward(
+        self, observations: PyTorchObs, meta: TokenMeta, mask_ratio: float | None = None, bert_masking: bool = False
+    ) -> tuple[th.Tensor, MaskedPass | None]:
+        """The transformer over a batch of streams in one call.
+
+        With ``mask_ratio``, a masked copy of the streams (for :meth:`contrastive_loss`) runs in the same call,
+        as extra rows that attend both ways: a ``mask_ratio`` fraction of the valid tokens is replaced by the
+        learned mask embedding (with ``bert_masking``: 80% mask, 10% a random token of the batch, 10% unchanged).
+
+        :param observations: (B * L, *obs_shape) the streams' observations, row-major (or a dict of them)
+        :param meta: (B, L) their metadata
+        :param mask_ratio: fraction of tokens to mask in the masked copy (None: no masked copy)
+        :param bert_masking: BERT's 80/10/10 replacement instead of always the mask embedding
+        :return: (B, L, D) causal outputs, and the masked pass (or None)
+        """
+        B, L = meta.timesteps.shape
+        features = self._critic_features(observations).view(B, L, -1)  # (B, L, F)
+        tokens = self.token_embedding(features)  # (B, L, D)
+        if mask_ratio is None:
+            return self._critic(tokens, meta), None
+        selected = select_masked(meta.valid, mask_ratio)  # (B, L)
+        replacement = self.mask_embedding.expand_as(tokens)
+        replaced = selected
+        if bert_masking:
+            u = th.rand(selected.shape, device=tokens.device)
+            flat = tokens[meta.valid]
+            random_tokens = flat[th.randint(len(flat), selected.shape, device=tokens.device)]
+            replacement = th.where((u < 0.8)[..., None], replacement, random_tokens)
+            replaced = selected & (u < 0.9)  # the last 10% keep their own token
+        masked_tokens = th.where(replaced[..., None], replacement, tokens)
+        both_meta = TokenMeta(*(th.cat([m, m]) for m in meta))
+        causal = th.arange(2 * B, device=tokens.device) < B  # value rows causal, masked rows both ways
+        band = Band(both_meta, self.context_len, causal)
+        hidden, masked_hidden = self._critic(th.cat([tokens, masked_tokens]), both_meta, band).split(B)
+        return hidden, MaskedPass(masked_hidden, features, tokens, selected, band)
+
     def evaluate_streams(
         self, streams: EpisodeStreams, mask_ratio: float | None = None, bert_masking: bool = False
     ) -> StreamValues:
-        """The critic over a rollout's streams in one batched pass ("Method 2").
-
-        With ``mask_ratio``, a masked copy of the streams (for :meth:`contrastive_loss`) runs in the same
-        transformer call, as extra rows that attend both ways: a ``mask_ratio`` fraction of the valid tokens is
-        replaced by the learned mask embedding (with ``bert_masking``: 80% mask, 10% a random token of the
-        batch, 10% unchanged).
+        """The critic over a rollout's streams in one batched pass ("Method 2"), see :meth:`stream_forward`.
 
         :param streams: from :meth:`EpisodeRolloutBuffer.streams`
         :param mask_ratio: fraction of tokens to mask in the masked copy (None: no masked copy)
         :param bert_masking: BERT's 80/10/10 replacement instead of always the mask embedding
         :return: values of the rollout steps, terminal observations and the following observation
         """
-        meta = streams.meta
         E = streams.index.shape[0]
-        features = self._critic_features(streams.observations)[streams.index]  # (E, L, F)
-        tokens = self.token_embedding(features)  # (E, L, D)
-        masked = None
-        if mask_ratio is None:
-            hidden = self._critic(tokens, meta)
-        else:
-            selected = select_masked(meta.valid, mask_ratio)  # (E, L)
-            replacement = self.mask_embedding.expand_as(tokens)
-            replaced = selected
-            if bert_masking:
-                u = th.rand(selected.shape, device=tokens.device)
-                flat = tokens[meta.valid]
-                random_tokens = flat[th.randint(len(flat), selected.shape, device=tokens.device)]
-                replacement = th.where((u < 0.8)[..., None], replacement, random_tokens)
-                replaced = selected & (u < 0.9)  # the last 10% keep their own token
-            masked_tokens = th.where(replaced[..., None], replacement, tokens)
-            both_meta = TokenMeta(*(th.cat([m, m]) for m in meta))
-            causal = th.arange(2 * E, device=tokens.device) < E  # value rows causal, masked rows both ways
-            band = Band(both_meta, self.context_len, causal)
-            hidden, masked_hidden = self._critic(th.cat([tokens, masked_tokens]), both_meta, band).split(E)
-            masked = MaskedPass(masked_hidden, features, tokens, selected, band)
+        observations = take(streams.observations, streams.index.flatten())
+        hidden, masked = self.stream_forward(observations, streams.meta, mask_ratio, bert_masking)
         values = self._value_head(hidden)  # (E, L)
         envs = th.arange(E, device=values.device)
         return StreamValues(
             values=values[envs[None, :], streams.step_cols],  # (T, E)
             terminal_values=values[streams.terminal_envs, streams.terminal_cols],
             last_values=values[envs, streams.last_cols],
+            hidden=hidden[envs[None, :], streams.step_cols],  # (T, E, D)
             masked=masked,
         )
+
+    def _stream_meta(self, length: int, episode_starts: np.ndarray | None) -> TokenMeta:
+        """Metadata of one stream of ``length`` steps that starts an episode at step 0 and wherever marked."""
+        starts = np.zeros(length, dtype=bool)
+        if episode_starts is not None:
+            starts[:] = np.asarray(episode_starts, dtype=bool).reshape(length)
+        starts[0] = True
+        step = np.arange(length)
+        timesteps = step - np.maximum.accumulate(np.where(starts, step, 0))
+        return TokenMeta(
+            th.as_tensor(timesteps, device=self.device)[None],
+            th.as_tensor(np.cumsum(starts), device=self.device)[None],
+            th.ones(1, length, dtype=th.bool, device=self.device),
+        )
+
+    def _stream(
+        self, observations: np.ndarray | dict[str, np.ndarray], episode_starts: np.ndarray | None
+    ) -> tuple[PyTorchObs, th.Tensor]:
+        obs, _ = self.obs_to_tensor(observations)
+        length = len(next(iter(obs.values())) if isinstance(obs, dict) else obs)
+        with th.no_grad():
+            hidden, _ = self.stream_forward(obs, self._stream_meta(length, episode_starts))
+        return obs, hidden[0]
 
     def trajectory_values(
         self, observations: np.ndarray | dict[str, np.ndarray], episode_starts: np.ndarray | None = None
@@ -238,31 +288,58 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         :param episode_starts: (T,) True where a new episode starts (the first step always starts one)
         :return: (T,) values
         """
-        obs, _ = self.obs_to_tensor(observations)
-        T = len(next(iter(obs.values())) if isinstance(obs, dict) else obs)
-        starts = (
-            np.zeros(T, dtype=bool) if episode_starts is None else np.asarray(episode_starts, dtype=bool).reshape(T).copy()
-        )
-        starts[0] = True
-        step = np.arange(T)
-        timesteps = step - np.maximum.accumulate(np.where(starts, step, 0))
-        meta = TokenMeta(
-            th.as_tensor(timesteps, device=self.device)[None],
-            th.as_tensor(np.cumsum(starts), device=self.device)[None],
-            th.ones(1, T, dtype=th.bool, device=self.device),
-        )
+        _, hidden = self._stream(observations, episode_starts)
         with th.no_grad():
-            tokens = self.token_embedding(self._critic_features(obs))[None]  # (1, T, D)
-            return self._value_head(self._critic(tokens, meta))[0]
+            return self._value_head(hidden)
+
+    def trajectory_distribution(
+        self, observations: np.ndarray | dict[str, np.ndarray], episode_starts: np.ndarray | None = None
+    ) -> Distribution:
+        """The action distributions for every step of one stream of observations (with ``actor_context``,
+        each step reads its episode's earlier steps), matching :meth:`trajectory_values`.
+
+        :param observations: (T, *obs_shape) consecutive observations of one env (or a dict of them)
+        :param episode_starts: (T,) True where a new episode starts (the first step always starts one)
+        :return: a distribution over T actions
+        """
+        obs, hidden = self._stream(observations, episode_starts)
+        with th.no_grad():
+            return self.action_distribution(obs, hidden)
 
     def predict_values(self, obs: PyTorchObs) -> th.Tensor:
         """V of each observation as the first step of an episode (no context), shape (N, 1) as SB3's."""
-        tokens = self.token_embedding(self._critic_features(obs))[:, None]  # (N, 1, D)
-        zeros = th.zeros(tokens.shape[:2], dtype=th.long, device=tokens.device)
-        return self._value_head(self._critic(tokens, TokenMeta(zeros, zeros, th.ones_like(zeros, dtype=th.bool))))
+        return self._value_head(self._first_step_hidden(obs))[:, None]
+
+    def _first_step_hidden(self, obs: PyTorchObs) -> th.Tensor:
+        """(N, D) transformer output of each observation as the first step of an episode."""
+        features = self._critic_features(obs)
+        zeros = th.zeros(len(features), 1, dtype=th.long, device=features.device)
+        meta = TokenMeta(zeros, zeros, th.ones_like(zeros, dtype=th.bool))
+        return self._critic(self.token_embedding(features)[:, None], meta)[:, 0]
+
+    # ----------------------------------------------------------------------------------------------------
+    # The actor
+    def action_distribution(self, obs: PyTorchObs, hidden: th.Tensor | None = None) -> Distribution:
+        """The action distribution for each observation; with ``actor_context`` the actor also reads
+        ``hidden``, the transformer's output at that step (each observation as the first step of an episode
+        when it is None).
+
+        :param obs: (N, *obs_shape) observations
+        :param hidden: (N, D) transformer outputs at those steps
+        """
+        features = BasePolicy.extract_features(self, obs, self.pi_features_extractor)
+        if self.actor_context:
+            hidden = self._first_step_hidden(obs) if hidden is None else hidden
+            features = th.cat([features, hidden], dim=-1)  # type: ignore[list-item]
+        return self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(features))
+
+    def get_distribution(self, obs: PyTorchObs) -> Distribution:
+        """The action distribution (with ``actor_context``: each observation as the first step of an episode;
+        use :meth:`predict` with ``state`` or :meth:`trajectory_distribution` for context)."""
+        return self.action_distribution(obs)
 
     def forward(self, obs: th.Tensor, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """Actions, values (without context, see :meth:`predict_values`) and log-probabilities."""
+        """Actions, values and log-probabilities, each observation as the first step of an episode."""
         distribution = self.get_distribution(obs)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
@@ -270,9 +347,105 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         return actions, self.predict_values(obs), log_prob
 
     def evaluate_actions(self, obs: PyTorchObs, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
-        """Values (without context), log-likelihood of the actions and entropy of the action distribution."""
+        """Values, log-likelihood of the actions and entropy, each observation as the first step of an episode."""
         distribution = self.get_distribution(obs)
         return self.predict_values(obs), distribution.log_prob(actions), distribution.entropy()
+
+    # ----------------------------------------------------------------------------------------------------
+    # Incremental acting with context (actor_context)
+    def empty_cache(self, n_envs: int) -> KVCache:
+        """A key/value cache holding no steps, for ``n_envs`` envs."""
+        H, K = self.n_heads, self.context_len
+        shape = (self.n_layers, n_envs, H, K - 1, self.d_model // H)
+        zeros = th.zeros(shape, device=self.device)
+        return KVCache(zeros, zeros.clone(), th.zeros(n_envs, K - 1, dtype=th.bool, device=self.device))
+
+    def cache_from_stream(self, observations: PyTorchObs, meta: TokenMeta) -> KVCache:
+        """The cache of the running episodes after streams of the last ``n_layers * (context_len - 1)`` steps
+        (e.g. the rollout buffer's carried prefix), computed with the current parameters.
+
+        :param observations: (E * P, *obs_shape) the streams' observations, row-major
+        :param meta: (E, P) their metadata
+        """
+        E, P = meta.timesteps.shape
+        n = self.context_len - 1
+        if P < self.receptive_field:
+            raise ValueError(f"the stream must hold n_layers * (context_len - 1) = {self.receptive_field} steps, got {P}")
+        if n == 0:
+            return self.empty_cache(E)
+        features = self._critic_features(observations).view(E, P, -1)
+        tokens = self.token_embedding(features) + self.positions(meta.timesteps)
+        _, keys, values = self.transformer.forward_with_cache(tokens, Band(meta, self.context_len))
+        tail = TokenMeta(*(m[:, P - n :] for m in meta))
+        valid = tail.valid & (tail.episode_ids == meta.episode_ids[:, -1:])  # the last step's episode only
+        return KVCache(keys, values, valid)
+
+    def step(self, obs: PyTorchObs, timesteps: th.Tensor, cache: KVCache) -> tuple[Distribution, th.Tensor, KVCache]:
+        """One acting step with context: the new observations attend to the cached steps of their episodes.
+        Its cost does not depend on the step's position in the episode.
+
+        :param obs: (E, *obs_shape) the current observations
+        :param timesteps: (E,) their index within their episodes
+        :param cache: the previous steps (reset it where an episode starts: :meth:`KVCache.reset`)
+        :return: action distribution, (E, D) transformer outputs, and the cache rolled forward
+        """
+        tokens = self.token_embedding(self._critic_features(obs)) + self.positions(timesteps)
+        hidden, cache = self.transformer.step(tokens, cache)
+        return self.action_distribution(obs, hidden), hidden, cache
+
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """Get the policy action from an observation (and optional context state).
+
+        Without ``actor_context`` this is SB3's ``predict`` (``state`` stays None). With it, ``state`` carries
+        the context as a fixed-shape tuple of numpy arrays with n_envs on axis 1, as RecurrentPPO:
+        keys and values ``(n_layers, n_envs, n_heads, context_len - 1, d_model / n_heads)``, valid slots
+        ``(1, n_envs, context_len - 1)`` and timesteps ``(1, n_envs)``. Pass ``state=None`` to start, then the
+        returned state and ``episode_start`` (True where an episode begins, which resets that env's context).
+
+        :param observation: the input observation(s)
+        :param state: the context of the previous call (None at the start)
+        :param episode_start: (n_envs,) True where the observation starts a new episode
+        :param deterministic: whether to return deterministic actions
+        :return: the action(s) and the next state
+        """
+        if not self.actor_context:
+            return super().predict(observation, state, episode_start, deterministic)
+        self.set_training_mode(False)
+        obs, vectorized = self.obs_to_tensor(observation)
+        n_envs = len(next(iter(obs.values())) if isinstance(obs, dict) else obs)
+        if state is None:
+            cache, timesteps = self.empty_cache(n_envs), th.zeros(n_envs, dtype=th.long, device=self.device)
+        else:
+            keys, values, valid, steps = (th.as_tensor(x, device=self.device) for x in state)
+            cache, timesteps = KVCache(keys, values, valid[0].bool()), steps[0].long()
+        starts = th.zeros(n_envs, dtype=th.bool, device=self.device)
+        if episode_start is not None:
+            starts = th.as_tensor(np.asarray(episode_start, dtype=bool).reshape(n_envs), device=self.device)
+        cache, timesteps = cache.reset(starts), th.where(starts, 0, timesteps)
+        with th.no_grad():
+            distribution, _, cache = self.step(obs, timesteps, cache)
+            actions = distribution.get_actions(deterministic=deterministic)
+        actions = actions.cpu().numpy().reshape((-1, *self.action_space.shape))  # type: ignore[misc]
+        if isinstance(self.action_space, spaces.Box):
+            if self.squash_output:
+                actions = self.unscale_action(actions)
+            else:
+                actions = np.clip(actions, self.action_space.low, self.action_space.high)
+        if not vectorized:
+            actions = actions.squeeze(axis=0)
+        next_state = (
+            cache.keys.cpu().numpy(),
+            cache.values.cpu().numpy(),
+            cache.valid[None].cpu().numpy(),
+            (timesteps + 1)[None].cpu().numpy(),
+        )
+        return actions, next_state
 
     # ----------------------------------------------------------------------------------------------------
     # Masked-contrastive loss

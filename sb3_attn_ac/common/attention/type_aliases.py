@@ -64,10 +64,29 @@ class StreamValues(NamedTuple):
     :param values: (T, E) V(s_t) of every rollout step
     :param terminal_values: (n_term,) V of each truncated episode's terminal observation, with its context
     :param last_values: (E,) V of the observation that follows the rollout
+    :param hidden: (T, E, D) transformer outputs at the rollout steps (the actor's input with actor_context)
     :param masked: the masked pass, when one was asked for
     """
 
     values: th.Tensor
     terminal_values: th.Tensor
     last_values: th.Tensor
+    hidden: th.Tensor
     masked: MaskedPass | None
+
+
+class StreamSegments(NamedTuple):
+    """A rollout's streams cut into segments for minibatches: each row is ``context`` columns of context (the
+    receptive field, not in the loss) followed by ``length`` columns of which the rollout steps are trained::
+
+        | context (earlier steps) | segment: s s T s s s |    (T: terminal obs, context only)
+
+    :param index: (n_seg, context + length) row of the streams' observation table for each token
+    :param meta: (n_seg, context + length) token metadata (out-of-range columns invalid)
+    :param steps: (n_seg, context + length) time-major index t * E + e of the rollout step trained at each
+        token, -1 for context, terminal observations, the last observation and padding
+    """
+
+    index: th.Tensor
+    meta: TokenMeta
+    steps: th.Tensor

@@ -1,0 +1,294 @@
+"""AttnPPO: PPO whose critic (and optionally actor) reads the episode through a transformer."""
+
+import warnings
+from typing import Any, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import FloatSchedule, explained_variance
+from torch.nn import functional as F
+
+from sb3_attn_ac.common.attention.buffers import segment_streams, take
+from sb3_attn_ac.common.attention.on_policy import AttnOnPolicyAlgorithm
+from sb3_attn_ac.common.attention.policies import AttnActorCriticPolicy
+
+SelfAttnPPO = TypeVar("SelfAttnPPO", bound="AttnPPO")
+
+
+class AttnPPO(AttnOnPolicyAlgorithm):
+    """Proximal Policy Optimization with the attention critic and masked-contrastive loss of AttnA2C.
+
+    Minibatches keep whole-episode context: each env's rollout stream is cut into segments, and a segment is
+    evaluated together with the ``n_layers * (context_len - 1)`` steps before it, so every sampled step sees
+    exactly the context it had while acting, and an epoch costs time linear in ``n_steps * n_envs``. A
+    minibatch holds ``batch_size // segment`` segments drawn at random, where
+    ``segment = min(batch_size, max(16, 2 * n_layers * (context_len - 1)))`` steps.
+    Arguments up to ``device`` are PPO's, in the same order with the same defaults.
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy, or an AttnActorCriticPolicy subclass)
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
+    :param n_steps: The number of steps to run for each environment per update
+    :param batch_size: Minibatch size (in steps)
+    :param n_epochs: Number of epoch when optimizing the surrogate loss
+    :param gamma: Discount factor
+    :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator
+    :param clip_range: Clipping parameter, it can be a function of the current progress remaining (from 1 to 0).
+    :param clip_range_vf: Clipping parameter for the value function, it can be a function of the current
+        progress remaining (from 1 to 0). None: no clipping of the value function.
+    :param normalize_advantage: Whether to normalize or not the advantage
+    :param ent_coef: Entropy coefficient for the loss calculation
+    :param vf_coef: Value function coefficient for the loss calculation
+    :param max_grad_norm: The maximum value for the gradient clipping
+    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
+    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE (-1: once per rollout)
+    :param rollout_buffer_class: Rollout buffer class to use (an EpisodeRolloutBuffer subclass). None: automatic.
+    :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation.
+    :param target_kl: Limit the KL divergence between updates (early stop of the epochs), None: no limit
+    :param stats_window_size: Window size for the rollout logging (episodes)
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages, 2 for debug messages
+    :param seed: Seed for the pseudo random generators
+    :param device: Device (cpu, cuda, ...) on which the code should be run.
+    :param context_len: K, each attention layer's window: the step itself and K - 1 earlier steps of its episode
+    :param n_layers: transformer blocks; the transformer sees ``n_layers * (context_len - 1)`` earlier steps
+    :param n_heads: attention heads (must divide ``d_model``)
+    :param d_model: token width
+    :param dropout: dropout in the transformer
+    :param ct_coef: lambda, weight of the masked-contrastive loss (0: not computed)
+    :param ct_temperature: omega, temperature of the contrastive softmax
+    :param mask_ratio: fraction of positions masked in the contrastive pass, in (0, 1)
+    :param key_encoder: ``"momentum"`` (EMA copy of the token embedding, no gradient) or ``"shared"``
+    :param key_momentum: EMA coefficient of the momentum key encoder
+    :param bert_masking: BERT's 80/10/10 replacement (mask / random token / unchanged) instead of always masking
+    :param actor_context: the actor also reads the transformer's output at each step (the episode so far), for
+        partially observed tasks; ``predict`` then carries the context in ``state`` (as RecurrentPPO)
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    """
+
+    def __init__(
+        self,
+        policy: str | type[AttnActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 3e-4,
+        n_steps: int = 2048,
+        batch_size: int = 64,
+        n_epochs: int = 10,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_range: float | Schedule = 0.2,
+        clip_range_vf: float | Schedule | None = None,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        target_kl: float | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        context_len: int = 16,
+        n_layers: int = 1,
+        n_heads: int = 2,
+        d_model: int = 32,
+        dropout: float = 0.0,
+        ct_coef: float = 0.1,
+        ct_temperature: float = 0.1,
+        mask_ratio: float = 0.15,
+        key_encoder: str = "momentum",
+        key_momentum: float = 0.95,
+        bert_masking: bool = False,
+        actor_context: bool = False,
+        _init_setup_model: bool = True,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 2:
+            raise ValueError(f"batch_size must be an integer >= 2, got {batch_size!r}")
+        if not isinstance(n_epochs, int) or n_epochs < 1:
+            raise ValueError(f"n_epochs must be an integer >= 1, got {n_epochs!r}")
+        if isinstance(clip_range_vf, (float, int)) and clip_range_vf <= 0:
+            raise ValueError(f"clip_range_vf must be > 0 (None turns value clipping off), got {clip_range_vf!r}")
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            context_len=context_len,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            d_model=d_model,
+            dropout=dropout,
+            ct_coef=ct_coef,
+            ct_temperature=ct_temperature,
+            mask_ratio=mask_ratio,
+            key_encoder=key_encoder,
+            key_momentum=key_momentum,
+            bert_masking=bert_masking,
+            actor_context=actor_context,
+        )
+        if self.env is not None and (self.env.num_envs * n_steps) % batch_size > 0:
+            warnings.warn(
+                f"batch_size={batch_size} does not divide n_steps * n_envs = {self.env.num_envs * n_steps}: "
+                "the last minibatch of each epoch is smaller"
+            )
+        self.batch_size = batch_size
+        self.n_epochs = n_epochs
+        self.clip_range = clip_range
+        self.clip_range_vf = clip_range_vf
+        self.normalize_advantage = normalize_advantage
+        self.target_kl = target_kl
+        if "optimizer_kwargs" not in self.policy_kwargs:
+            # Multi-tensor (foreach) steps: per-parameter loops dominate the update of small networks on CPU.
+            self.policy_kwargs["optimizer_kwargs"] = dict(eps=1e-5, foreach=True)
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self.clip_range = FloatSchedule(self.clip_range)
+        if self.clip_range_vf is not None:
+            self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+
+    @property
+    def segment_len(self) -> int:
+        """Steps per minibatch segment (each is evaluated with its receptive field as context)."""
+        return min(self.batch_size, max(16, 2 * self.n_layers * (self.context_len - 1)))
+
+    def train(self) -> None:
+        """Update policy using the currently gathered rollout buffer (n_epochs over segment minibatches)."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
+
+        buffer, streams = self.rollout_buffer, self._rollout_streams
+        assert streams is not None, "collect a rollout first"
+        segments = segment_streams(streams, self.segment_len)
+        # Rollout data flattened time-major (index t * n_envs + e, as segments.steps).
+        flat = lambda a: th.as_tensor(a.reshape(-1, *a.shape[2:]), device=self.device)  # noqa: E731
+        actions = flat(buffer.actions.astype(np.float32))
+        if isinstance(self.action_space, spaces.Discrete):
+            actions = actions.long().flatten()
+        old_log_prob, old_values = flat(buffer.log_probs), flat(buffer.values)
+        advantages_all, returns_all = flat(buffer.advantages), flat(buffer.returns)
+        mask_ratio = self.mask_ratio if self.ct_coef > 0 else None
+        per_batch = max(1, self.batch_size // self.segment_len)
+
+        entropy_losses, pg_losses, value_losses, clip_fractions, ct_losses = [], [], [], [], []
+        continue_training = True
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            order = th.randperm(len(segments.index), device=self.device)
+            for start in range(0, len(order), per_batch):
+                rows = order[start : start + per_batch]
+                index, steps = segments.index[rows], segments.steps[rows]
+                meta = type(segments.meta)(*(m[rows] for m in segments.meta))
+                observations = take(streams.observations, index.flatten())
+                hidden, masked = self.policy.stream_forward(observations, meta, mask_ratio, self.bert_masking)
+                trained = steps >= 0  # (n, C + S)
+                idx = steps[trained]
+                step_obs = take(observations, trained.flatten())
+                distribution = self.policy.action_distribution(step_obs, hidden[trained])
+                log_prob = distribution.log_prob(actions[idx])
+                entropy = distribution.entropy()
+                values = self.policy._value_head(hidden[trained])
+
+                advantages = advantages_all[idx]
+                if self.normalize_advantage and len(advantages) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                ratio = th.exp(log_prob - old_log_prob[idx])
+                policy_loss_1 = advantages * ratio
+                policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+                policy_loss = -th.min(policy_loss_1, policy_loss_2).mean()
+                pg_losses.append(policy_loss.item())
+                clip_fractions.append(th.mean((th.abs(ratio - 1) > clip_range).float()).item())
+                values_pred = values
+                if clip_range_vf is not None:
+                    values_pred = old_values[idx] + th.clamp(values - old_values[idx], -clip_range_vf, clip_range_vf)
+                value_loss = F.mse_loss(returns_all[idx], values_pred)
+                value_losses.append(value_loss.item())
+                entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
+                entropy_losses.append(entropy_loss.item())
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                if masked is not None:
+                    ct_loss = self.policy.contrastive_loss(masked, self.ct_temperature)
+                    ct_losses.append(ct_loss.item())
+                    loss = loss + self.ct_coef * ct_loss
+
+                with th.no_grad():
+                    log_ratio = log_prob - old_log_prob[idx]
+                    approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
+                    approx_kl_divs.append(approx_kl_div)
+                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                    break
+
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm, foreach=True)
+                self.policy.optimizer.step()
+                self.policy.update_key_encoder()
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        explained_var = explained_variance(buffer.values.flatten(), buffer.returns.flatten())
+        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
+        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
+        self.logger.record("train/value_loss", np.mean(value_losses))
+        if ct_losses:
+            self.logger.record("train/contrastive_loss", np.mean(ct_losses))
+        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+        self.logger.record("train/clip_fraction", np.mean(clip_fractions))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record("train/explained_variance", explained_var)
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+        if clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)
+
+    def learn(
+        self: SelfAttnPPO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "AttnPPO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfAttnPPO:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
