@@ -23,9 +23,9 @@ class AttnPPO(AttnOnPolicyAlgorithm):
 
     Minibatches keep whole-episode context: each env's rollout stream is cut into segments, and a segment is
     evaluated together with the ``n_layers * (context_len - 1)`` steps before it, so every sampled step sees
-    exactly the context it had while acting, and an epoch costs time linear in ``n_steps * n_envs``. A
-    minibatch holds ``batch_size // segment`` segments drawn at random, where
-    ``segment = min(batch_size, max(16, 2 * n_layers * (context_len - 1)))`` steps.
+    exactly the context it had while acting, and an epoch costs time linear in ``n_steps * n_envs``. Segments
+    are ``max(16, 2 * n_layers * (context_len - 1))`` steps long; as in PPO, an epoch has
+    ``ceil(n_steps * n_envs / batch_size)`` minibatches, here of whole segments drawn at random.
     Arguments up to ``device`` are PPO's, in the same order with the same defaults.
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy, or an AttnActorCriticPolicy subclass)
@@ -175,8 +175,8 @@ class AttnPPO(AttnOnPolicyAlgorithm):
 
     @property
     def segment_len(self) -> int:
-        """Steps per minibatch segment (each is evaluated with its receptive field as context)."""
-        return min(self.batch_size, max(16, 2 * self.n_layers * (self.context_len - 1)))
+        """Columns per minibatch segment: twice the receptive field that precedes it as context (at least 16)."""
+        return max(16, 2 * self.n_layers * (self.context_len - 1))
 
     def train(self) -> None:
         """Update policy using the currently gathered rollout buffer (n_epochs over segment minibatches)."""
@@ -196,15 +196,14 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         old_log_prob, old_values = flat(buffer.log_probs), flat(buffer.values)
         advantages_all, returns_all = flat(buffer.advantages), flat(buffer.returns)
         mask_ratio = self.mask_ratio if self.ct_coef > 0 else None
-        per_batch = max(1, self.batch_size // self.segment_len)
+        # As PPO: ceil(n_steps * n_envs / batch_size) minibatches per epoch, here of whole segments.
+        n_minibatches = min(len(segments.index), -(-buffer.buffer_size * buffer.n_envs // self.batch_size))
 
         entropy_losses, pg_losses, value_losses, clip_fractions, ct_losses = [], [], [], [], []
         continue_training = True
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
-            order = th.randperm(len(segments.index), device=self.device)
-            for start in range(0, len(order), per_batch):
-                rows = order[start : start + per_batch]
+            for rows in th.randperm(len(segments.index), device=self.device).tensor_split(n_minibatches):
                 index, steps = segments.index[rows], segments.steps[rows]
                 meta = type(segments.meta)(*(m[rows] for m in segments.meta))
                 observations = take(streams.observations, index.flatten())

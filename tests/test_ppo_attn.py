@@ -1,0 +1,173 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import IdentityEnvBox, IdentityEnvMultiBinary, IdentityEnvMultiDiscrete, SimpleMultiObsEnv
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from sb3_attn_ac import AttnA2C, AttnPPO
+from sb3_attn_ac.common.attention.buffers import segment_streams, take
+
+TINY = dict(n_steps=16, batch_size=32, n_epochs=2, context_len=4, d_model=16, seed=0)
+
+
+class CueRecallEnv(gym.Env):
+    """A cue (left/right) is shown at step 0 only; after ``delay`` blank steps, the action matching the cue
+    earns 1, any other 0. Episodes last ``delay + 1`` steps; a memoryless policy earns 0.5 on average."""
+
+    def __init__(self, delay: int = 3) -> None:
+        self.delay = delay
+        self.observation_space = spaces.Box(0.0, 1.0, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t, self.cue = 0, int(self.np_random.integers(2))
+        return np.eye(2, dtype=np.float32)[self.cue], {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        done = self.t > self.delay
+        reward = float(done and int(action) == self.cue)
+        return np.zeros(2, np.float32), reward, done, False, {}
+
+
+def cue_env(n_envs: int = 8, seed: int = 0):
+    return make_vec_env(CueRecallEnv, n_envs=n_envs, seed=seed)
+
+
+@pytest.mark.parametrize("actor_context", [False, True])
+def test_cue_recall_needs_actor_context(actor_context: bool) -> None:
+    model = AttnPPO(
+        "MlpPolicy", cue_env(), n_steps=32, batch_size=64, n_epochs=4, learning_rate=3e-3, context_len=8, seed=0,
+        actor_context=actor_context, policy_kwargs=dict(net_arch=dict(pi=[32], vf=[32])),
+    )  # fmt: skip
+    model.learn(6_000)
+    mean, _ = evaluate_policy(model, cue_env(1, seed=7), n_eval_episodes=40)
+    if actor_context:
+        assert mean >= 0.95
+    else:
+        assert mean <= 0.75  # chance is 0.5: without context the last step's blank observation says nothing
+
+
+@pytest.mark.parametrize("actor_context", [False, True])
+def test_segments_replay_acting_context_exactly(actor_context: bool) -> None:
+    # Frozen parameters: the minibatch segments must reproduce the acting-time log-probs and values.
+    env = make_vec_env("CartPole-v1", n_envs=3, seed=0, env_kwargs=dict(max_episode_steps=12))
+    model = AttnPPO("MlpPolicy", env, learning_rate=0.0, n_layers=2, actor_context=actor_context, **TINY)
+    model.learn(3 * 16 * 3)
+    buffer, streams = model.rollout_buffer, model._rollout_streams
+    segments = segment_streams(streams, model.segment_len)
+    steps = segments.steps[segments.steps >= 0]
+    assert th.equal(steps.sort().values, th.arange(16 * 3))  # every step trained exactly once per epoch
+    model.policy.set_training_mode(False)
+    with th.no_grad():
+        hidden, _ = model.policy.stream_forward(take(streams.observations, segments.index.flatten()), segments.meta)
+        trained = segments.steps >= 0
+        obs = take(streams.observations, segments.index.flatten())
+        dist = model.policy.action_distribution(take(obs, trained.flatten()), hidden[trained])
+        log_prob = dist.log_prob(th.as_tensor(buffer.actions.reshape(-1)[steps.numpy()]))
+        values = model.policy._value_head(hidden[trained])
+    np.testing.assert_allclose(log_prob.numpy(), buffer.log_probs.reshape(-1)[steps.numpy()], atol=1e-5)
+    np.testing.assert_allclose(values.numpy(), buffer.values.reshape(-1)[steps.numpy()], atol=1e-5)
+    assert model.logger.name_to_value["train/approx_kl"] < 1e-6
+    assert model.logger.name_to_value["train/clip_fraction"] == 0.0
+
+
+def test_predict_state_shapes_and_resets() -> None:
+    model = AttnPPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), actor_context=True, n_layers=2, **TINY)
+    obs = np.random.default_rng(0).normal(size=(6, 2, 4)).astype(np.float32)
+    actions, state = model.predict(obs[0], deterministic=True)
+    keys, values, valid, steps = state
+    assert keys.shape == values.shape == (2, 2, 2, 3, 8)  # (n_layers, n_envs, heads, K - 1, d_model / heads)
+    assert valid.shape == (1, 2, 3) and steps.shape == (1, 2) and steps.tolist() == [[1, 1]]
+    for t in range(1, 6):
+        _, state = model.predict(obs[t], state=state, episode_start=np.array([False, t == 3]), deterministic=True)
+        assert all(a.shape == b.shape for a, b in zip(state, (keys, values, valid, steps), strict=True))
+        if t == 3:  # env 1 restarted: only the new episode's first step is in its cache (oldest slot first)
+            assert state[2][0].tolist() == [[True, True, True], [False, False, True]]
+    assert state[3].tolist() == [[6, 3]]  # next timestep of each env
+    assert state[2].all()
+    # An episode start resets that env's context: same action as from a fresh state.
+    fresh, _ = model.predict(obs[5], deterministic=True)
+    reset, _ = model.predict(obs[5], state=state, episode_start=np.array([True, True]), deterministic=True)
+    assert np.array_equal(fresh, reset)
+    # Incremental predict equals the batched trajectory pass.
+    stream = obs[:, 0]
+    state, acted = None, []
+    for t in range(6):
+        action, state = model.predict(stream[t : t + 1], state=state, episode_start=np.array([t == 0]), deterministic=True)
+        acted.append(action[0])
+    expected = model.policy.trajectory_distribution(stream).get_actions(deterministic=True).numpy()
+    assert np.array_equal(np.array(acted), expected)
+    single, state1 = model.predict(obs[0, 0], deterministic=True)  # not vectorized
+    assert single.shape == () and state1[0].shape[1] == 1
+
+
+def test_context_changes_actions_and_evaluate_policy_works() -> None:
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = AttnA2C("MlpPolicy", env, actor_context=True, n_steps=5, context_len=4, d_model=16, seed=0).learn(200)
+    mean, _ = evaluate_policy(model, env, n_eval_episodes=2)
+    assert np.isfinite(mean)
+    obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    probs = model.policy.trajectory_distribution(obs).distribution.probs
+    alone = model.policy.get_distribution(th.as_tensor(obs[4:])).distribution.probs  # as a first step
+    assert not th.allclose(probs[4], alone[0])
+
+
+def test_save_load_with_actor_context(tmp_path) -> None:
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = AttnPPO("MlpPolicy", env, actor_context=True, **TINY).learn(64)
+    model.save(tmp_path / "ppo.zip")
+    loaded = AttnPPO.load(tmp_path / "ppo.zip", env=env)
+    assert loaded.actor_context and loaded.policy.actor_context
+    obs = np.random.default_rng(1).normal(size=(2, 4)).astype(np.float32)
+    state_a = state_b = None
+    for _ in range(5):
+        a, state_a = model.predict(obs, state=state_a, deterministic=True)
+        b, state_b = loaded.predict(obs, state=state_b, deterministic=True)
+        assert np.array_equal(a, b)
+
+
+def test_ppo_defaults_and_options() -> None:
+    model = AttnPPO("MlpPolicy", "CartPole-v1", n_steps=64)
+    assert (model.batch_size, model.n_epochs, model.gae_lambda, model.normalize_advantage) == (64, 10, 0.95, True)
+    assert model.learning_rate == 3e-4 and model.clip_range(1.0) == 0.2 and model.clip_range_vf is None
+    assert isinstance(model.policy.optimizer, th.optim.Adam)
+    model = AttnPPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), clip_range_vf=0.1, **TINY).learn(64)
+    assert model.logger.name_to_value["train/clip_range_vf"] == pytest.approx(0.1)
+    args = {**TINY, "n_epochs": 5}
+    model = AttnPPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), target_kl=1e-9, learning_rate=1e-2, **args)
+    model.learn(64)  # two rollouts of one minibatch each
+    # Epoch 0 steps (KL 0 before any update), epoch 1 stops at once: 2 counted epochs per rollout, not 5.
+    assert model._n_updates == 2 * 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [(dict(batch_size=1), "batch_size must be an integer >= 2"), (dict(clip_range_vf=0.0), "clip_range_vf must be > 0")],
+)
+def test_ppo_bad_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        AttnPPO("MlpPolicy", "CartPole-v1", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "make_env",
+    [
+        lambda: IdentityEnvBox(eps=0.5, ep_length=10),
+        lambda: IdentityEnvMultiDiscrete(dim=3, ep_length=10),
+        lambda: IdentityEnvMultiBinary(dim=3, ep_length=10),
+        lambda: SimpleMultiObsEnv(random_start=False),
+    ],
+    ids=["box", "multidiscrete", "multibinary", "dict"],
+)
+@pytest.mark.parametrize("actor_context", [False, True])
+def test_ppo_spaces(make_env, actor_context: bool) -> None:
+    env = DummyVecEnv([make_env, make_env])
+    policy = "MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "MlpPolicy"
+    model = AttnPPO(policy, env, actor_context=actor_context, **TINY).learn(64)
+    assert np.isfinite(evaluate_policy(model, env, n_eval_episodes=1)[0])
