@@ -81,6 +81,7 @@ def test_predict_state_shapes_and_resets() -> None:
     model = AttnPPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), actor_context=True, n_layers=2, **TINY)
     obs = np.random.default_rng(0).normal(size=(6, 2, 4)).astype(np.float32)
     actions, state = model.predict(obs[0], deterministic=True)
+    assert actions.shape == (2,)
     keys, values, valid, steps = state
     assert keys.shape == values.shape == (2, 2, 2, 3, 8)  # (n_layers, n_envs, heads, K - 1, d_model / heads)
     assert valid.shape == (1, 2, 3) and steps.shape == (1, 2) and steps.tolist() == [[1, 1]]
