@@ -6,8 +6,8 @@ for the query i when it is valid, belongs to the same episode and ``0 <= ts_i - 
 ``|ts_i - ts_j| < K`` (both ways), where ``ts`` is the step's index within its episode. Positions come from
 that index, so a token's keys and values never change once computed.
 
-Short streams (T <= 2K) use one dense window. Longer ones are cut into chunks of K queries, each attending to a
-window of ``W = left + K + right`` keys, so the cost is linear in the stream length::
+Long streams are cut into chunks of K queries, each attending to a window of ``W = left + K + right`` keys, so
+the cost is linear in the stream length (short streams, where it is cheaper, use one dense window)::
 
     keys    |<- K-1 ->|<---- chunk c (K queries) ---->|<- K-1 (rows that look ahead) ->|
     queries           |q q q q q q q q q q q q q q q q|
@@ -51,13 +51,13 @@ class Band:
         B, T = meta.timesteps.shape
         causal = th.full((B,), causal, device=meta.timesteps.device) if isinstance(causal, bool) else causal
         self.length = T
-        if T <= 2 * context_len:  # one dense window
-            self.chunk, self.left, self.right = T, 0, 0
-        else:
-            self.chunk, self.left = context_len, context_len - 1
-            self.right = 0 if bool(causal.all()) else context_len - 1
+        # Chunks of K queries, each seeing K - 1 keys before (and after, for rows that look ahead) ...
+        self.chunk, self.left = context_len, context_len - 1
+        self.right = 0 if bool(causal.all()) else context_len - 1
         self.n_chunks = -(-T // self.chunk)
         self.width = self.left + self.chunk + self.right
+        if T * T <= self.n_chunks * self.chunk * self.width:  # ... unless one dense T x T window is cheaper
+            self.chunk, self.left, self.right, self.n_chunks, self.width = T, 0, 0, 1, T
 
         q_ts, q_ep, q_valid = (self.queries(m[:, None, :, None])[:, 0, ..., 0] for m in meta)  # (B, nC, C)
         k_ts, k_ep, k_valid = (self.windows(m[:, None, :, None])[:, 0, ..., 0] for m in meta)  # (B, nC, W)

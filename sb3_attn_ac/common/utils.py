@@ -32,6 +32,12 @@ def masked_contrastive_loss(
     return F.cross_entropy(logits.masked_fill(~allowed, float("-inf")), positive)
 
 
+def fast_adam_kwargs() -> dict[str, bool]:
+    """Adam's fastest step implementation available: ``fused`` (CPU support from torch 2.4), else ``foreach``."""
+    major, minor = (int(x) for x in th.__version__.split(".")[:2])
+    return {"fused": True} if (major, minor) >= (2, 4) else {"foreach": True}
+
+
 def select_masked(valid: th.Tensor, mask_ratio: float, generator: th.Generator | None = None) -> th.Tensor:
     """Choose the positions to mask: each valid position with probability ``mask_ratio``.
 

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from sb3_attn_ac.common.attention.buffers import segment_streams, take
 from sb3_attn_ac.common.attention.on_policy import AttnOnPolicyAlgorithm
 from sb3_attn_ac.common.attention.policies import AttnActorCriticPolicy
+from sb3_attn_ac.common.utils import fast_adam_kwargs
 
 SelfAttnPPO = TypeVar("SelfAttnPPO", bound="AttnPPO")
 
@@ -23,9 +24,9 @@ class AttnPPO(AttnOnPolicyAlgorithm):
 
     Minibatches keep whole-episode context: each env's rollout stream is cut into segments, and a segment is
     evaluated together with the ``n_layers * (context_len - 1)`` steps before it, so every sampled step sees
-    exactly the context it had while acting, and an epoch costs time linear in ``n_steps * n_envs``. Segments
-    are ``max(16, 2 * n_layers * (context_len - 1))`` steps long; as in PPO, an epoch has
-    ``ceil(n_steps * n_envs / batch_size)`` minibatches, here of whole segments drawn at random.
+    exactly the context it had while acting, and an epoch costs time linear in ``n_steps * n_envs``. As in PPO,
+    an epoch has ``ceil(n_steps * n_envs / batch_size)`` minibatches, here of whole segments drawn at random;
+    segments are as long as that allows, and at least ``max(16, 2 * n_layers * (context_len - 1))`` steps.
     Arguments up to ``device`` are PPO's, in the same order with the same defaults.
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy, or an AttnActorCriticPolicy subclass)
@@ -161,9 +162,10 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         self.clip_range_vf = clip_range_vf
         self.normalize_advantage = normalize_advantage
         self.target_kl = target_kl
-        if "optimizer_kwargs" not in self.policy_kwargs:
-            # Multi-tensor (foreach) steps: per-parameter loops dominate the update of small networks on CPU.
-            self.policy_kwargs["optimizer_kwargs"] = dict(eps=1e-5, foreach=True)
+        if "optimizer_class" not in self.policy_kwargs and "optimizer_kwargs" not in self.policy_kwargs:
+            # SB3's Adam (eps=1e-5) with fused or multi-tensor steps: per-parameter loops dominate the update of
+            # small networks on CPU (fused: 3x faster than foreach here, on CPU from torch 2.4).
+            self.policy_kwargs["optimizer_kwargs"] = dict(eps=1e-5, **fast_adam_kwargs())
         if _init_setup_model:
             self._setup_model()
 
@@ -173,10 +175,15 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         if self.clip_range_vf is not None:
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
 
-    @property
-    def segment_len(self) -> int:
-        """Columns per minibatch segment: twice the receptive field that precedes it as context (at least 16)."""
-        return max(16, 2 * self.n_layers * (self.context_len - 1))
+    def segment_len(self, stream_len: int, n_minibatches: int) -> int:
+        """Columns per minibatch segment: long enough that each env's stream gives one segment per minibatch,
+        and at least twice the receptive field that precedes it as context (and 16), to bound that overhead.
+
+        :param stream_len: columns of each env's stream after the carried prefix
+        :param n_minibatches: minibatches per epoch
+        """
+        per_env = -(-n_minibatches // self.n_envs)
+        return max(16, 2 * self.n_layers * (self.context_len - 1), -(-stream_len // per_env))
 
     def train(self) -> None:
         """Update policy using the currently gathered rollout buffer (n_epochs over segment minibatches)."""
@@ -187,7 +194,9 @@ class AttnPPO(AttnOnPolicyAlgorithm):
 
         buffer, streams = self.rollout_buffer, self._rollout_streams
         assert streams is not None, "collect a rollout first"
-        segments = segment_streams(streams, self.segment_len)
+        n_minibatches = -(-buffer.buffer_size * buffer.n_envs // self.batch_size)  # as PPO: ceil(steps / batch)
+        segments = segment_streams(streams, self.segment_len(streams.index.shape[1] - streams.n_prefix, n_minibatches))
+        n_minibatches = min(n_minibatches, len(segments.index))
         # Rollout data flattened time-major (index t * n_envs + e, as segments.steps).
         flat = lambda a: th.as_tensor(a.reshape(-1, *a.shape[2:]), device=self.device)  # noqa: E731
         actions = flat(buffer.actions.astype(np.float32))
@@ -196,8 +205,6 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         old_log_prob, old_values = flat(buffer.log_probs), flat(buffer.values)
         advantages_all, returns_all = flat(buffer.advantages), flat(buffer.returns)
         mask_ratio = self.mask_ratio if self.ct_coef > 0 else None
-        # As PPO: ceil(n_steps * n_envs / batch_size) minibatches per epoch, here of whole segments.
-        n_minibatches = min(len(segments.index), -(-buffer.buffer_size * buffer.n_envs // self.batch_size))
 
         entropy_losses, pg_losses, value_losses, clip_fractions, ct_losses = [], [], [], [], []
         continue_training = True
