@@ -13,6 +13,7 @@ the cost is linear in the stream length (short streams, where it is cheaper, use
     queries           |q q q q q q q q q q q q q q q q|
 """
 
+import copy
 import math
 from typing import NamedTuple
 
@@ -67,6 +68,13 @@ class Band:
         # A padding query attends to everything so that no softmax row is empty; its output is discarded.
         self.allowed = allowed | ~q_valid[..., :, None]  # (B, nC, C, W)
         self.attn_mask = self.allowed[:, None]  # (B, 1, nC, C, W): broadcast over heads
+
+    def select(self, rows: th.Tensor) -> "Band":
+        """The same layout for a subset of the rows (e.g. a minibatch of a band built once per epoch)."""
+        band = copy.copy(self)
+        band.allowed = self.allowed[rows]
+        band.attn_mask = band.allowed[:, None]
+        return band
 
     def queries(self, z: th.Tensor) -> th.Tensor:
         """(B, H, T, d) -> (B, H, nC, C, d), zero-padded at the end."""

@@ -196,7 +196,10 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         assert streams is not None, "collect a rollout first"
         n_minibatches = -(-buffer.buffer_size * buffer.n_envs // self.batch_size)  # as PPO: ceil(steps / batch)
         segments = segment_streams(streams, self.segment_len(streams.index.shape[1] - streams.n_prefix, n_minibatches))
-        n_minibatches = min(n_minibatches, len(segments.index))
+        n_segments = len(segments.index)
+        n_minibatches = min(n_minibatches, n_segments)
+        mask_ratio = self.mask_ratio if self.ct_coef > 0 else None
+        band = self.policy.stream_band(segments.meta, masked=mask_ratio is not None)  # built once, sliced per minibatch
         # Rollout data flattened time-major (index t * n_envs + e, as segments.steps).
         flat = lambda a: th.as_tensor(a.reshape(-1, *a.shape[2:]), device=self.device)  # noqa: E731
         actions = flat(buffer.actions.astype(np.float32))
@@ -204,17 +207,19 @@ class AttnPPO(AttnOnPolicyAlgorithm):
             actions = actions.long().flatten()
         old_log_prob, old_values = flat(buffer.log_probs), flat(buffer.values)
         advantages_all, returns_all = flat(buffer.advantages), flat(buffer.returns)
-        mask_ratio = self.mask_ratio if self.ct_coef > 0 else None
 
         entropy_losses, pg_losses, value_losses, clip_fractions, ct_losses = [], [], [], [], []
         continue_training = True
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
-            for rows in th.randperm(len(segments.index), device=self.device).tensor_split(n_minibatches):
+            for rows in th.randperm(n_segments, device=self.device).tensor_split(n_minibatches):
                 index, steps = segments.index[rows], segments.steps[rows]
                 meta = type(segments.meta)(*(m[rows] for m in segments.meta))
                 observations = take(streams.observations, index.flatten())
-                hidden, masked = self.policy.stream_forward(observations, meta, mask_ratio, self.bert_masking)
+                band_rows = rows if mask_ratio is None else th.cat([rows, rows + n_segments])
+                hidden, masked = self.policy.stream_forward(
+                    observations, meta, mask_ratio, self.bert_masking, band.select(band_rows)
+                )
                 trained = steps >= 0  # (n, C + S)
                 idx = steps[trained]
                 step_obs = take(observations, trained.flatten())

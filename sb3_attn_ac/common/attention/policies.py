@@ -198,7 +198,12 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         return self.value_net(self.mlp_extractor.forward_critic(hidden)).squeeze(-1)
 
     def stream_forward(
-        self, observations: PyTorchObs, meta: TokenMeta, mask_ratio: float | None = None, bert_masking: bool = False
+        self,
+        observations: PyTorchObs,
+        meta: TokenMeta,
+        mask_ratio: float | None = None,
+        bert_masking: bool = False,
+        band: Band | None = None,
     ) -> tuple[th.Tensor, MaskedPass | None]:
         """The transformer over a batch of streams in one call.
 
@@ -210,13 +215,16 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         :param meta: (B, L) their metadata
         :param mask_ratio: fraction of tokens to mask in the masked copy (None: no masked copy)
         :param bert_masking: BERT's 80/10/10 replacement instead of always the mask embedding
+        :param band: the attention layout if already built (:meth:`stream_band`)
         :return: (B, L, D) causal outputs, and the masked pass (or None)
         """
         B, L = meta.timesteps.shape
         features = self._critic_features(observations).view(B, L, -1)  # (B, L, F)
         tokens = self.token_embedding(features)  # (B, L, D)
+        if band is None:
+            band = self.stream_band(meta, masked=mask_ratio is not None)
         if mask_ratio is None:
-            return self._critic(tokens, meta), None
+            return self._critic(tokens, meta, band), None
         selected = select_masked(meta.valid, mask_ratio)  # (B, L)
         replacement = self.mask_embedding.expand_as(tokens)
         replaced = selected
@@ -228,10 +236,21 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             replaced = selected & (u < 0.9)  # the last 10% keep their own token
         masked_tokens = th.where(replaced[..., None], replacement, tokens)
         both_meta = TokenMeta(*(th.cat([m, m]) for m in meta))
-        causal = th.arange(2 * B, device=tokens.device) < B  # value rows causal, masked rows both ways
-        band = Band(both_meta, self.context_len, causal)
         hidden, masked_hidden = self._critic(th.cat([tokens, masked_tokens]), both_meta, band).split(B)
         return hidden, MaskedPass(masked_hidden, features, tokens, selected, band)
+
+    def stream_band(self, meta: TokenMeta, masked: bool) -> Band:
+        """The attention layout of :meth:`stream_forward` for streams with metadata ``meta``: B causal rows,
+        followed (``masked``) by the B rows of the masked copy, which attend both ways.
+
+        :param meta: (B, L) metadata
+        :param masked: whether the masked copy runs in the same call
+        """
+        if not masked:
+            return Band(meta, self.context_len)
+        B = meta.timesteps.shape[0]
+        causal = th.arange(2 * B, device=meta.timesteps.device) < B
+        return Band(TokenMeta(*(th.cat([m, m]) for m in meta)), self.context_len, causal)
 
     def evaluate_streams(
         self, streams: EpisodeStreams, mask_ratio: float | None = None, bert_masking: bool = False
