@@ -1,7 +1,7 @@
 import pytest
 import torch as th
 
-from sb3_attn_ac.common.torch_layers import Band, EpisodeTransformer, SinusoidalPositions, TokenMeta
+from sb3_attn_ac.common.torch_layers import Band, EpisodeTransformer, KVCache, SinusoidalPositions, TokenMeta
 
 
 def make_meta(starts: list[int], T: int) -> TokenMeta:
@@ -40,10 +40,14 @@ def test_band_mask_matches_dense_definition(T: int, causal: bool) -> None:
     assert th.equal(got, dense_allowed(meta, K, causal))
 
 
-def test_chunked_attention_equals_dense_window() -> None:
+def random_transformer(D: int, n_layers: int, K: int) -> EpisodeTransformer:
     th.manual_seed(0)
+    return EpisodeTransformer(D, n_layers=n_layers, n_heads=2, context_len=K, dropout=0.0).eval()
+
+
+def test_chunked_attention_equals_dense_window() -> None:
     K, T, D = 4, 40, 16
-    model = EpisodeTransformer(D, n_layers=2, n_heads=2, context_len=K, dropout=0.0).eval()
+    model = random_transformer(D, 2, K)
     meta = make_meta([0, 13], T)
     x = th.randn(1, T, D)
     chunked = model(x, Band(meta, K))  # T > 2K: chunked layout
@@ -70,3 +74,27 @@ def test_sinusoidal_positions() -> None:
     assert out.shape == (3, 7)
     assert th.allclose(out[0, :3], th.zeros(3)) and th.allclose(out[0, 3:6], th.ones(3))
     assert not th.allclose(out[1], out[2])
+
+
+def test_incremental_steps_equal_the_batched_pass() -> None:
+    K, T, D = 5, 30, 16
+    model = random_transformer(D, 3, K)
+    meta = make_meta([0, 11, 12], T)  # includes a one-step episode
+    x = th.randn(1, T, D)
+    batched = model(x, Band(meta, K))
+    H, d = 2, D // 2
+    cache = KVCache(th.zeros(3, 1, H, K - 1, d), th.zeros(3, 1, H, K - 1, d), th.zeros(1, K - 1, dtype=th.bool))
+    starts = meta.timesteps[0] == 0
+    with th.no_grad():
+        for t in range(T):
+            out, cache = model.step(x[:, t], cache.reset(starts[t : t + 1]))
+            assert th.allclose(out[0], batched[0, t], atol=1e-5), t
+    # A cache built by a batched pass over the first 20 steps continues exactly like the batched pass.
+    head = TokenMeta(*(m[:, :20] for m in meta))
+    _, keys, values = model.forward_with_cache(x[:, :20], Band(head, K))
+    tail = TokenMeta(*(m[:, 20 - (K - 1) : 20] for m in meta))
+    cache = KVCache(keys, values, tail.valid & (tail.episode_ids == head.episode_ids[:, -1:]))
+    with th.no_grad():
+        for t in range(20, T):
+            out, cache = model.step(x[:, t], cache.reset(starts[t : t + 1]))
+            assert th.allclose(out[0], batched[0, t], atol=1e-5), t
