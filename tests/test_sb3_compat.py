@@ -53,6 +53,8 @@ def test_save_load_identity(tmp_path) -> None:
     assert np.array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
     for p, q in zip(loaded.policy.state_dict().values(), model.policy.state_dict().values(), strict=True):
         assert th.equal(p, q)
+    without_env = AttnA2C.load(tmp_path / "model.zip")  # as rl-zoo3's enjoy does
+    assert np.array_equal(without_env.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
     loaded.learn(32, reset_num_timesteps=False)  # keeps training after loading
     assert loaded.num_timesteps == model.num_timesteps + 32
 

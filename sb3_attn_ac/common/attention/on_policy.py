@@ -109,7 +109,6 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
             seed=seed,
             _init_setup_model=False,
         )
-        check_spaces(self.observation_space, self.action_space)
         self.context_len = context_len
         self.n_layers = n_layers
         self.n_heads = n_heads
@@ -125,6 +124,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
 
     def _setup_model(self) -> None:
         # Everything below derives from saved attributes, so load() (which calls this after restoring them) agrees.
+        check_spaces(self.observation_space, self.action_space)
         if not issubclass(self.policy_class, AttnActorCriticPolicy):
             raise ValueError(
                 f"policy must be one of {sorted(self.policy_aliases)} or a subclass of AttnActorCriticPolicy, "
