@@ -26,7 +26,7 @@ def run_zoo(*args: str, cwd: Path) -> str:
 
 def saved_config(path: Path) -> dict:
     """rl-zoo3's saved config.yml (an OrderedDict dump, read back as rl-zoo3 does)."""
-    return dict(yaml.load(path.read_text(), Loader=yaml.UnsafeLoader))  # noqa: S506
+    return dict(yaml.load(path.read_text(), Loader=yaml.UnsafeLoader))
 
 
 def train_args(algo: str, env_id: str, logs: Path, *extra: str) -> list[str]:
@@ -109,15 +109,9 @@ def test_two_workers_share_one_study(tmp_path) -> None:
                       "--storage", str(storage), "--study-name", "shared", "--sampler", "random", "--pruner", "none",
                       "--n-evaluations", "1", "--eval-episodes", "1", "--no-optim-plots", "-params", "n_envs:1")  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "sb3_attn_ac.zoo", *args]
     workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "sb3_attn_ac.zoo", *args],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
+        subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(2)
     ]
     for worker in workers:
