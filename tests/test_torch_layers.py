@@ -98,3 +98,23 @@ def test_incremental_steps_equal_the_batched_pass() -> None:
         for t in range(20, T):
             out, cache = model.step(x[:, t], cache.reset(starts[t : t + 1]))
             assert th.allclose(out[0], batched[0, t], atol=1e-5), t
+
+
+@pytest.mark.parametrize("T", [9, 40])  # dense window, then chunks
+def test_attention_weights_rows_are_causal_windows_within_episodes(T: int) -> None:
+    K = 4
+    model = random_transformer(16, 2, K)
+    meta = make_meta([0, 7], T)
+    x = th.randn(1, T, 16)
+    weights = model.attention_weights(x, Band(meta, K))
+    assert len(weights) == 2 and weights[0].shape == (1, 2, T, T)
+    allowed = dense_allowed(meta, K, causal=True)
+    for w in weights:
+        assert th.allclose(w.sum(-1), th.ones(1, 2, T), atol=1e-5)  # each row is a distribution ...
+        assert (w[..., ~allowed] == 0).all()  # ... over its own episode's window only
+    # The weights are those of the fused path: attending with them reproduces the first layer's output.
+    block = model.blocks[0]
+    h = block.ln_1(x)
+    v = block.attn.qkv(h)[..., 32:].view(1, T, 2, 8).transpose(1, 2)  # (B, H, T, d)
+    y = block.attn.proj((weights[0] @ v).transpose(1, 2).reshape(1, T, 16))
+    assert th.allclose(y, block.attn(h, Band(meta, K))[0], atol=1e-5)

@@ -127,6 +127,24 @@ class WindowAttention(nn.Module):
         )
         return self.resid_dropout(self.proj(band.merge(y))), k, v
 
+    def weights(self, x: th.Tensor, band: Band) -> th.Tensor:
+        """The attention weights of :meth:`forward` (without dropout), as dense (B, H, T, T) matrices
+        (diagnostics: an explicit softmax instead of the fused kernel).
+
+        :param x: (B, T, D) layer input
+        :param band: layout and mask
+        """
+        B, T, D = x.shape
+        H = self.n_heads
+        q, k, _ = self.qkv(x).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)
+        scores = band.queries(q) @ band.windows(k).transpose(-1, -2) / math.sqrt(D // H)  # (B, H, nC, C, W)
+        weights = scores.masked_fill(~band.attn_mask, float("-inf")).softmax(dim=-1)
+        C, W = band.chunk, band.width
+        dense = weights.new_zeros(B, H, band.n_chunks * C, band.n_chunks * C + band.left + band.right)
+        for c in range(band.n_chunks):  # chunk c's window starts at key c * C in left-padded coordinates
+            dense[:, :, c * C : (c + 1) * C, c * C : c * C + W] = weights[:, :, c]
+        return dense[:, :, :T, band.left : band.left + T]
+
     def step(
         self, x: th.Tensor, keys: th.Tensor, values: th.Tensor, valid: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
@@ -218,6 +236,19 @@ class EpisodeTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, band)[0]
         return self.ln_f(x)
+
+    def attention_weights(self, x: th.Tensor, band: Band) -> list[th.Tensor]:
+        """Every layer's attention weights for :meth:`forward`'s inputs, each (B, H, T, T): row i holds how
+        much step i attends to each step (zero outside its window and episode). Diagnostics only.
+
+        :param x: (B, T, D) input tokens (embedding + position)
+        :param band: layout and mask
+        """
+        weights = []
+        for block in self.blocks:
+            weights.append(block.attn.weights(block.ln_1(x), band))
+            x = block(x, band)[0]
+        return weights
 
     def forward_with_cache(self, x: th.Tensor, band: Band) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """:meth:`forward`, also returning every layer's keys and values of the last K - 1 tokens (a warm

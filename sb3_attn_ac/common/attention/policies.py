@@ -325,6 +325,23 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         with th.no_grad():
             return self.action_distribution(obs, hidden)
 
+    def attention_weights(
+        self, observations: np.ndarray | dict[str, np.ndarray], episode_starts: np.ndarray | None = None
+    ) -> list[th.Tensor]:
+        """The transformer's attention weights over one stream of observations (an explicit, slower path that
+        normal training and acting never run): one (n_heads, T, T) tensor per layer, whose row t says how much
+        step t attends to each earlier step of its episode (causal, within ``context_len``).
+
+        :param observations: (T, *obs_shape) consecutive observations of one env (or a dict of them)
+        :param episode_starts: (T,) True where a new episode starts (the first step always starts one)
+        """
+        obs, _ = self.obs_to_tensor(observations)
+        length = len(next(iter(obs.values())) if isinstance(obs, dict) else obs)
+        meta = self._stream_meta(length, episode_starts)
+        with th.no_grad():
+            tokens = self.token_embedding(self._critic_features(obs))[None] + self.positions(meta.timesteps)
+            return [w[0] for w in self.transformer.attention_weights(tokens, Band(meta, self.context_len))]
+
     def predict_values(self, obs: PyTorchObs) -> th.Tensor:
         """V of each observation as the first step of an episode (no context), shape (N, 1) as SB3's."""
         return self._value_head(self._first_step_hidden(obs))[:, None]
