@@ -50,10 +50,14 @@ def frozen_model(n_envs: int = 3, max_steps: int = 20, **kwargs) -> AttnA2C:
     return AttnA2C("MlpPolicy", env, **{**args, **kwargs})
 
 
-@pytest.mark.parametrize(("ct_coef", "actor_context"), [(0.0, False), (0.1, False), (0.1, True)])
-def test_rollout_values_equal_trajectory_values(ct_coef: float, actor_context: bool) -> None:
+@pytest.mark.parametrize(
+    ("ct_coef", "actor_context", "q_att_coef"), [(0.0, False, 0.0), (0.1, False, 0.0), (0.1, True, 0.0), (0.1, False, 3.0)]
+)
+def test_rollout_values_equal_trajectory_values(ct_coef: float, actor_context: bool, q_att_coef: float) -> None:
     # Episodes (time limit 20) cross rollout boundaries (7 steps) and a second learn() call.
-    model = frozen_model(ct_coef=ct_coef, actor_context=actor_context)
+    model = frozen_model(ct_coef=ct_coef, actor_context=actor_context, q_att_coef=q_att_coef)
+    if q_att_coef:
+        th.nn.init.normal_(model.policy.q_head.weight)  # Q_att must visibly shape the acting distribution
     recorder = RolloutRecorder()
     model.learn(3 * 7 * 6, callback=recorder)
     model.learn(3 * 7 * 4, callback=recorder, reset_num_timesteps=False)

@@ -67,6 +67,10 @@ class AttnA2C(AttnOnPolicyAlgorithm):
     :param bert_masking: BERT's 80/10/10 replacement (mask / random token / unchanged) instead of always masking
     :param actor_context: the actor also reads the transformer's output at each step (the episode so far), for
         partially observed tasks; ``predict`` then carries the context in ``state`` (as RecurrentPPO)
+    :param q_att_coef: beta (Discrete actions): the actor's preferences become logits + beta * Q_att(s_t, .),
+        Q_att a head on the transformer's output (0: off). Acting then reads the transformer, as with actor_context
+    :param q_att_loss_coef: weight of Q_att's regression on the returns of the taken actions (logged as
+        ``train/q_att_loss``)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -106,6 +110,8 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         key_momentum: float = 0.95,
         bert_masking: bool = False,
         actor_context: bool = False,
+        q_att_coef: float = 0.0,
+        q_att_loss_coef: float = 0.5,
         _init_setup_model: bool = True,
     ) -> None:
         super().__init__(
@@ -140,6 +146,8 @@ class AttnA2C(AttnOnPolicyAlgorithm):
             key_momentum=key_momentum,
             bert_masking=bert_masking,
             actor_context=actor_context,
+            q_att_coef=q_att_coef,
+            q_att_loss_coef=q_att_loss_coef,
         )
         self.normalize_advantage = normalize_advantage
         # As A2C: RMSprop (the original implementation) unless an optimizer is given; multi-tensor (foreach)
@@ -180,9 +188,10 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         value_loss = F.mse_loss(returns, values)
         entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
         loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
-        ct_term = self._contrastive_term(out)
-        if ct_term is not None:
-            loss = loss + ct_term
+        hidden = out.hidden.reshape(-1, out.hidden.shape[-1])
+        for term in (self._contrastive_term(out), self._q_att_term(hidden, actions, returns)):
+            if term is not None:
+                loss = loss + term
 
         self.policy.optimizer.zero_grad()
         loss.backward()

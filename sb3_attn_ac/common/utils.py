@@ -85,6 +85,14 @@ def check_contrastive_args(ct_coef: float, ct_temperature: float, mask_ratio: fl
         raise ValueError(f"mask_ratio must be in the open interval (0, 1), got {mask_ratio!r}")
 
 
+def check_q_att(q_att_coef: float, action_space: spaces.Space) -> None:
+    """Raise a ValueError for a negative Q_att coefficient, or a positive one without Discrete actions."""
+    if q_att_coef < 0:
+        raise ValueError(f"q_att_coef must be >= 0 (0 turns Q_att off), got {q_att_coef!r}")
+    if q_att_coef > 0 and not isinstance(action_space, spaces.Discrete):
+        raise ValueError(f"q_att_coef > 0 needs a Discrete action space (Q_att scores each action), got {action_space}")
+
+
 def check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> None:
     """Raise a ValueError for spaces the attention policies do not support."""
     names = ", ".join(s.__name__ for s in SUPPORTED_ACTION_SPACES)

@@ -68,6 +68,10 @@ class AttnPPO(AttnOnPolicyAlgorithm):
     :param bert_masking: BERT's 80/10/10 replacement (mask / random token / unchanged) instead of always masking
     :param actor_context: the actor also reads the transformer's output at each step (the episode so far), for
         partially observed tasks; ``predict`` then carries the context in ``state`` (as RecurrentPPO)
+    :param q_att_coef: beta (Discrete actions): the actor's preferences become logits + beta * Q_att(s_t, .),
+        Q_att a head on the transformer's output (0: off). Acting then reads the transformer, as with actor_context
+    :param q_att_loss_coef: weight of Q_att's regression on the returns of the taken actions (logged as
+        ``train/q_att_loss``)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -110,6 +114,8 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         key_momentum: float = 0.95,
         bert_masking: bool = False,
         actor_context: bool = False,
+        q_att_coef: float = 0.0,
+        q_att_loss_coef: float = 0.5,
         _init_setup_model: bool = True,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 2:
@@ -150,6 +156,8 @@ class AttnPPO(AttnOnPolicyAlgorithm):
             key_momentum=key_momentum,
             bert_masking=bert_masking,
             actor_context=actor_context,
+            q_att_coef=q_att_coef,
+            q_att_loss_coef=q_att_loss_coef,
         )
         if self.env is not None and (self.env.num_envs * n_steps) % batch_size > 0:
             warnings.warn(
@@ -249,6 +257,9 @@ class AttnPPO(AttnOnPolicyAlgorithm):
                     ct_loss = self.policy.contrastive_loss(masked, self.ct_temperature)
                     ct_losses.append(ct_loss.item())
                     loss = loss + self.ct_coef * ct_loss
+                q_term = self._q_att_term(hidden[trained], actions[idx], returns_all[idx])
+                if q_term is not None:
+                    loss = loss + q_term
 
                 with th.no_grad():
                     log_ratio = log_prob - old_log_prob[idx]

@@ -12,6 +12,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
+from torch.nn import functional as F
 
 from sb3_attn_ac.common.attention.buffers import DictEpisodeRolloutBuffer, EpisodeBufferMixin, EpisodeRolloutBuffer
 from sb3_attn_ac.common.attention.policies import (
@@ -20,10 +21,20 @@ from sb3_attn_ac.common.attention.policies import (
     AttnMultiInputActorCriticPolicy,
 )
 from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, StreamValues
-from sb3_attn_ac.common.utils import check_attention_args, check_contrastive_args, check_spaces
+from sb3_attn_ac.common.utils import check_attention_args, check_contrastive_args, check_q_att, check_spaces
 
 # Algorithm arguments that are forwarded to the policy.
-POLICY_ARGS = ("context_len", "n_layers", "n_heads", "d_model", "dropout", "key_encoder", "key_momentum", "actor_context")
+POLICY_ARGS = (
+    "context_len",
+    "n_layers",
+    "n_heads",
+    "d_model",
+    "dropout",
+    "key_encoder",
+    "key_momentum",
+    "actor_context",
+    "q_att_coef",
+)
 
 
 class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
@@ -81,9 +92,13 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         key_momentum: float,
         bert_masking: bool,
         actor_context: bool,
+        q_att_coef: float,
+        q_att_loss_coef: float,
     ) -> None:
         check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum)
         check_contrastive_args(ct_coef, ct_temperature, mask_ratio)
+        if q_att_loss_coef < 0:
+            raise ValueError(f"q_att_loss_coef must be >= 0, got {q_att_loss_coef!r}")
         clash = sorted(set(policy_kwargs or {}) & set(POLICY_ARGS))
         if clash:
             raise ValueError(f"pass {', '.join(clash)} to {type(self).__name__}(...) directly, not in policy_kwargs")
@@ -121,10 +136,13 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.key_momentum = key_momentum
         self.bert_masking = bert_masking
         self.actor_context = actor_context
+        self.q_att_coef = q_att_coef
+        self.q_att_loss_coef = q_att_loss_coef
 
     def _setup_model(self) -> None:
         # Everything below derives from saved attributes, so load() (which calls this after restoring them) agrees.
         check_spaces(self.observation_space, self.action_space)
+        check_q_att(self.q_att_coef, self.action_space)
         if not issubclass(self.policy_class, AttnActorCriticPolicy):
             raise ValueError(
                 f"policy must be one of {sorted(self.policy_aliases)} or a subclass of AttnActorCriticPolicy, "
@@ -179,7 +197,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         callback.on_rollout_start()
         no_values = th.zeros(env.num_envs)  # filled by the critic pass at the end of the rollout
         continue_training = True
-        if self.actor_context:
+        if self.policy.uses_context:
             # The actor reads the episode so far: rebuild each env's key/value cache from the carried prefix
             # with the current parameters, so acting sees exactly what the update will recompute.
             with th.no_grad():
@@ -191,7 +209,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
 
             with th.no_grad():
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
-                if self.actor_context:
+                if self.policy.uses_context:
                     starts = th.as_tensor(self._last_episode_starts, dtype=th.bool, device=self.device)
                     timesteps = th.as_tensor(rollout_buffer.next_timesteps(self._last_episode_starts), device=self.device)  # type: ignore[arg-type]
                     distribution, _, cache = self.policy.step(obs_tensor, timesteps, cache.reset(starts))
@@ -266,6 +284,21 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         out = self._rollout_values if self._rollout_values is not None else self._critic_pass(self._rollout_streams)
         self._rollout_values = None  # a graph serves one backward pass
         return out
+
+    def _q_att_term(self, hidden: th.Tensor, actions: th.Tensor, returns: th.Tensor) -> th.Tensor | None:
+        """q_att_loss_coef * the Q_att regression on the observed returns of the taken actions (None when Q_att
+        is off); logs the loss.
+
+        :param hidden: (N, D) transformer outputs at the trained steps
+        :param actions: (N,) their actions
+        :param returns: (N,) their returns (TD(lambda), as the value target)
+        """
+        if self.policy.q_head is None:
+            return None
+        q_taken = self.policy.q_att(hidden).gather(1, actions.long().view(-1, 1)).squeeze(1)
+        q_loss = F.mse_loss(q_taken, returns)
+        self.logger.record("train/q_att_loss", q_loss.item())
+        return self.q_att_loss_coef * q_loss
 
     def _contrastive_term(self, out: StreamValues) -> th.Tensor | None:
         """lambda * L_ct for the update (None when ``ct_coef == 0``: not computed at all); logs L_ct."""

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from sb3_attn_ac.common.attention.buffers import take
 from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, MaskedPass, StreamValues
 from sb3_attn_ac.common.torch_layers import Band, EpisodeTransformer, KVCache, SinusoidalPositions, TokenMeta
-from sb3_attn_ac.common.utils import check_attention_args, check_spaces, masked_contrastive_loss, select_masked
+from sb3_attn_ac.common.utils import check_attention_args, check_q_att, check_spaces, masked_contrastive_loss, select_masked
 
 
 class AttnActorCriticPolicy(ActorCriticPolicy):
@@ -67,6 +67,11 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         features), so it can use the episode's earlier steps (partially observed tasks). Actor and critic share
         the transformer. Acting is then incremental (a rolling key/value cache per env and layer) and
         :meth:`predict` carries it in ``state``.
+    :param q_att_coef: beta >= 0 (Discrete actions only): the actor's action preferences become
+        ``logits + beta * Q_att(s_t, .)``, where Q_att is a head on the transformer's output at t (detached in
+        the policy; trained by regression on returns, see the algorithms' ``q_att_loss_coef``). Deterministic
+        actions take the argmax of that sum, sampling its softmax. Like ``actor_context`` it needs the
+        transformer while acting (same incremental path and ``predict`` state).
     """
 
     def __init__(
@@ -96,8 +101,10 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         key_encoder: str = "momentum",
         key_momentum: float = 0.95,
         actor_context: bool = False,
+        q_att_coef: float = 0.0,
     ) -> None:
         check_spaces(observation_space, action_space)
+        check_q_att(q_att_coef, action_space)
         check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum)
         # Set before super().__init__(), whose _build() creates the transformer.
         self.context_len = context_len
@@ -108,6 +115,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.key_encoder = key_encoder
         self.key_momentum = key_momentum
         self.actor_context = actor_context
+        self.q_att_coef = q_att_coef
         if net_arch is None:
             # SB3's actor; the critic's body is the transformer (its blocks hold MLPs), read by a linear head.
             net_arch = [] if features_extractor_class == NatureCNN else dict(pi=[64, 64], vf=[])
@@ -142,6 +150,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             key_encoder=self.key_encoder,
             key_momentum=self.key_momentum,
             actor_context=self.actor_context,
+            q_att_coef=self.q_att_coef,
             share_features_extractor=self.share_features_extractor,
             normalize_images=self.normalize_images,
         )
@@ -166,6 +175,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         # Masked-contrastive parts: the learned [MASK] token, the query head and the key encoder.
         self.mask_embedding = nn.Parameter(0.02 * th.randn(self.d_model))
         self.query_head = nn.Linear(self.d_model, self.d_model)
+        # Q_att(s_t, .): one attention-value per action, read from the transformer's output.
+        self.q_head = nn.Linear(self.d_model, int(self.action_space.n)) if self.q_att_coef > 0 else None  # type: ignore[attr-defined]
         self.key_net: nn.Module | None = None
         if self.key_encoder == "momentum":
             self.key_net = copy.deepcopy(self.token_embedding).requires_grad_(False)
@@ -355,19 +366,35 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
 
     # ----------------------------------------------------------------------------------------------------
     # The actor
+    @property
+    def uses_context(self) -> bool:
+        """Whether acting reads the transformer (``actor_context`` or Q_att): incremental acting, ``state``."""
+        return self.actor_context or self.q_head is not None
+
     def action_distribution(self, obs: PyTorchObs, hidden: th.Tensor | None = None) -> Distribution:
-        """The action distribution for each observation; with ``actor_context`` the actor also reads
-        ``hidden``, the transformer's output at that step (each observation as the first step of an episode
-        when it is None).
+        """The action distribution for each observation; with ``actor_context`` (or Q_att) the actor also
+        reads ``hidden``, the transformer's output at that step (each observation as the first step of an
+        episode when it is None).
 
         :param obs: (N, *obs_shape) observations
         :param hidden: (N, D) transformer outputs at those steps
         """
         features = BasePolicy.extract_features(self, obs, self.pi_features_extractor)
+        if self.uses_context and hidden is None:
+            hidden = self._first_step_hidden(obs)
         if self.actor_context:
-            hidden = self._first_step_hidden(obs) if hidden is None else hidden
             features = th.cat([features, hidden], dim=-1)  # type: ignore[list-item]
-        return self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(features))
+        latent_pi = self.mlp_extractor.forward_actor(features)
+        if self.q_head is None:
+            return self._get_action_dist_from_latent(latent_pi)
+        # pi(s_t) = softmax(logits + beta * Q_att(s_t, .)); Q_att is trained by its own regression, not here.
+        logits = self.action_net(latent_pi) + self.q_att_coef * self.q_head(hidden).detach()
+        return self.action_dist.proba_distribution(action_logits=logits)
+
+    def q_att(self, hidden: th.Tensor) -> th.Tensor:
+        """Q_att(s_t, .) for transformer outputs ``hidden`` (N, D): (N, n_actions). Needs ``q_att_coef > 0``."""
+        assert self.q_head is not None, "Q_att needs q_att_coef > 0"
+        return self.q_head(hidden)
 
     def get_distribution(self, obs: PyTorchObs) -> Distribution:
         """The action distribution (with ``actor_context``: each observation as the first step of an episode;
@@ -438,7 +465,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
         """Get the policy action from an observation (and optional context state).
 
-        Without ``actor_context`` this is SB3's ``predict`` (``state`` stays None). With it, ``state`` carries
+        Without ``actor_context`` (or Q_att) this is SB3's ``predict`` (``state`` stays None). With it, ``state`` carries
         the context as a fixed-shape tuple of numpy arrays with n_envs on axis 1, as RecurrentPPO:
         keys and values ``(n_layers, n_envs, n_heads, context_len - 1, d_model / n_heads)``, valid slots
         ``(1, n_envs, context_len - 1)`` and timesteps ``(1, n_envs)``. Pass ``state=None`` to start, then the
@@ -450,7 +477,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         :param deterministic: whether to return deterministic actions
         :return: the action(s) and the next state
         """
-        if not self.actor_context:
+        if not self.uses_context:
             return super().predict(observation, state, episode_start, deterministic)
         self.set_training_mode(False)
         obs, vectorized = self.obs_to_tensor(observation)
