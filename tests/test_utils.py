@@ -7,6 +7,7 @@ from sb3_attn_ac.common.utils import (
     check_attention_args,
     check_contrastive_args,
     masked_contrastive_loss,
+    reward_to_go,
     select_masked,
 )
 
@@ -84,3 +85,14 @@ def test_check_contrastive_args(kwargs: dict, match: str) -> None:
     check_contrastive_args(**args)
     with pytest.raises(ValueError, match=match):
         check_contrastive_args(**{**args, **kwargs})
+
+
+def test_reward_to_go_stops_at_episode_ends_and_unknown_rewards() -> None:
+    rewards = th.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
+    known = th.tensor([[True, True, True, True, True, False]])  # the last reward is not known yet
+    episodes = th.tensor([[0, 0, 0, 1, 1, 1]])  # a new episode starts at step 3
+    targets, complete = reward_to_go(rewards, known, episodes, gamma=0.5, horizon=2)
+    assert targets.tolist() == [[1 + 0.5 * 2, 2 + 0.5 * 3, 3.0, 4 + 0.5 * 5, 5 + 0.5 * 6, 6.0]]
+    assert complete.tolist() == [[True, True, True, True, False, False]]
+    targets, complete = reward_to_go(rewards, known, episodes, gamma=1.0, horizon=4)
+    assert targets.tolist()[0][:3] == [6.0, 5.0, 3.0]  # never across the boundary at step 3

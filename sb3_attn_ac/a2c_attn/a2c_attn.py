@@ -71,6 +71,10 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         Q_att a head on the transformer's output (0: off). Acting then reads the transformer, as with actor_context
     :param q_att_loss_coef: weight of Q_att's regression on the returns of the taken actions (logged as
         ``train/q_att_loss``)
+    :param next_state_coef: weight of a head predicting, at each masked position, the next step's features
+        (``train/next_state_loss``; 0: off)
+    :param rtg_coef: weight of a head predicting, at each masked position, the discounted reward-to-go over the
+        next ``context_len`` steps of the episode (``train/rtg_loss``; 0: off)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -112,6 +116,8 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         actor_context: bool = False,
         q_att_coef: float = 0.0,
         q_att_loss_coef: float = 0.5,
+        next_state_coef: float = 0.0,
+        rtg_coef: float = 0.0,
         _init_setup_model: bool = True,
     ) -> None:
         super().__init__(
@@ -148,6 +154,8 @@ class AttnA2C(AttnOnPolicyAlgorithm):
             actor_context=actor_context,
             q_att_coef=q_att_coef,
             q_att_loss_coef=q_att_loss_coef,
+            next_state_coef=next_state_coef,
+            rtg_coef=rtg_coef,
         )
         self.normalize_advantage = normalize_advantage
         # As A2C: RMSprop (the original implementation) unless an optimizer is given; multi-tensor (foreach)
@@ -188,8 +196,12 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         value_loss = F.mse_loss(returns, values)
         entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
         loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+        assert self._rollout_streams is not None
+        masked_term, masked_logs = self._masked_terms(
+            out.masked, self._rollout_streams.rewards, self._rollout_streams.reward_known
+        )
         hidden = out.hidden.reshape(-1, out.hidden.shape[-1])
-        for term in (self._contrastive_term(out), self._q_att_term(hidden, actions, returns)):
+        for term in (masked_term, self._q_att_term(hidden, actions, returns)):
             if term is not None:
                 loss = loss + term
 
@@ -206,6 +218,8 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         self.logger.record("train/entropy_loss", entropy_loss.item())
         self.logger.record("train/policy_loss", policy_loss.item())
         self.logger.record("train/value_loss", value_loss.item())
+        for name, value in masked_logs.items():
+            self.logger.record(f"train/{name}", value)
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
 

@@ -32,6 +32,28 @@ def masked_contrastive_loss(
     return F.cross_entropy(logits.masked_fill(~allowed, float("-inf")), positive)
 
 
+def reward_to_go(
+    rewards: th.Tensor, known: th.Tensor, episode_ids: th.Tensor, gamma: float, horizon: int
+) -> tuple[th.Tensor, th.Tensor]:
+    """Discounted reward-to-go over a window: R_t = sum_{k < horizon} gamma^k r_{t+k}, over the steps t+k of
+    t's episode only, and whether every one of those rewards is known (the target is complete).
+
+    :param rewards: (B, L) per-token rewards
+    :param known: (B, L) whether each reward is known
+    :param episode_ids: (B, L) episode of each token
+    :param gamma: discount factor
+    :param horizon: window length
+    :return: (B, L) targets and (B, L) completeness
+    """
+    pad = (0, horizon - 1)
+    window = lambda x, fill: F.pad(x, pad, value=fill).unfold(1, horizon, 1)  # noqa: E731  (B, L, horizon)
+    same = window(episode_ids, -1) == episode_ids[..., None]
+    discounts = gamma ** th.arange(horizon, device=rewards.device, dtype=rewards.dtype)
+    targets = (window(rewards, 0.0) * same * discounts).sum(-1)
+    complete = ~(same & (window(known.float(), 0.0) == 0)).any(-1)
+    return targets, complete
+
+
 def fast_adam_kwargs() -> dict[str, bool]:
     """Adam's fastest step implementation available: ``fused`` (CPU support from torch 2.4), else ``foreach``."""
     major, minor = (int(x) for x in th.__version__.split(".")[:2])

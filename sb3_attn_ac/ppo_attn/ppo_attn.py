@@ -72,6 +72,10 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         Q_att a head on the transformer's output (0: off). Acting then reads the transformer, as with actor_context
     :param q_att_loss_coef: weight of Q_att's regression on the returns of the taken actions (logged as
         ``train/q_att_loss``)
+    :param next_state_coef: weight of a head predicting, at each masked position, the next step's features
+        (``train/next_state_loss``; 0: off)
+    :param rtg_coef: weight of a head predicting, at each masked position, the discounted reward-to-go over the
+        next ``context_len`` steps of the episode (``train/rtg_loss``; 0: off)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -116,6 +120,8 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         actor_context: bool = False,
         q_att_coef: float = 0.0,
         q_att_loss_coef: float = 0.5,
+        next_state_coef: float = 0.0,
+        rtg_coef: float = 0.0,
         _init_setup_model: bool = True,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 2:
@@ -158,6 +164,8 @@ class AttnPPO(AttnOnPolicyAlgorithm):
             actor_context=actor_context,
             q_att_coef=q_att_coef,
             q_att_loss_coef=q_att_loss_coef,
+            next_state_coef=next_state_coef,
+            rtg_coef=rtg_coef,
         )
         if self.env is not None and (self.env.num_envs * n_steps) % batch_size > 0:
             warnings.warn(
@@ -206,7 +214,7 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         segments = segment_streams(streams, self.segment_len(streams.index.shape[1] - streams.n_prefix, n_minibatches))
         n_segments = len(segments.index)
         n_minibatches = min(n_minibatches, n_segments)
-        mask_ratio = self.mask_ratio if self.ct_coef > 0 else None
+        mask_ratio = self._masked_ratio
         band = self.policy.stream_band(segments.meta, masked=mask_ratio is not None)  # built once, sliced per minibatch
         # Rollout data flattened time-major (index t * n_envs + e, as segments.steps).
         flat = lambda a: th.as_tensor(a.reshape(-1, *a.shape[2:]), device=self.device)  # noqa: E731
@@ -216,7 +224,8 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         old_log_prob, old_values = flat(buffer.log_probs), flat(buffer.values)
         advantages_all, returns_all = flat(buffer.advantages), flat(buffer.returns)
 
-        entropy_losses, pg_losses, value_losses, clip_fractions, ct_losses = [], [], [], [], []
+        entropy_losses, pg_losses, value_losses, clip_fractions = [], [], [], []
+        masked_logs: dict[str, list[float]] = {}
         continue_training = True
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
@@ -253,10 +262,11 @@ class AttnPPO(AttnOnPolicyAlgorithm):
                 entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
                 entropy_losses.append(entropy_loss.item())
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
-                if masked is not None:
-                    ct_loss = self.policy.contrastive_loss(masked, self.ct_temperature)
-                    ct_losses.append(ct_loss.item())
-                    loss = loss + self.ct_coef * ct_loss
+                masked_term, logs = self._masked_terms(masked, segments.rewards[rows], segments.reward_known[rows])
+                if masked_term is not None:
+                    loss = loss + masked_term
+                for name, value in logs.items():
+                    masked_logs.setdefault(name, []).append(value)
                 q_term = self._q_att_term(hidden[trained], actions[idx], returns_all[idx])
                 if q_term is not None:
                     loss = loss + q_term
@@ -284,8 +294,8 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         self.logger.record("train/entropy_loss", np.mean(entropy_losses))
         self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
         self.logger.record("train/value_loss", np.mean(value_losses))
-        if ct_losses:
-            self.logger.record("train/contrastive_loss", np.mean(ct_losses))
+        for name, values in masked_logs.items():
+            self.logger.record(f"train/{name}", np.mean(values))
         self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
         self.logger.record("train/clip_fraction", np.mean(clip_fractions))
         self.logger.record("train/loss", loss.item())

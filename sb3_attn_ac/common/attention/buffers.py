@@ -61,7 +61,7 @@ class EpisodeBufferMixin:
         if prefix_len < 0:
             raise ValueError(f"prefix_len must be >= 0, got {prefix_len}")
         self.prefix_len = prefix_len
-        self._next_prefix: tuple[Obs, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._next_prefix: tuple[Obs, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._next_timestep = np.zeros(n_envs, dtype=np.int64)
         super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)  # type: ignore[call-arg]
 
@@ -79,8 +79,15 @@ class EpisodeBufferMixin:
                 np.zeros((P, self.n_envs), dtype=np.int64),
                 np.zeros((P, self.n_envs), dtype=np.float32),
                 np.zeros((P, self.n_envs), dtype=bool),
+                np.zeros((P, self.n_envs), dtype=np.float32),
             )
-        self.prefix_observations, self.prefix_timesteps, self.prefix_episode_starts, self.prefix_valid = self._next_prefix
+        (
+            self.prefix_observations,
+            self.prefix_timesteps,
+            self.prefix_episode_starts,
+            self.prefix_valid,
+            self.prefix_rewards,
+        ) = self._next_prefix
         self.last_observations: Obs | None = None
         self.last_episode_starts: np.ndarray | None = None
 
@@ -150,6 +157,7 @@ class EpisodeBufferMixin:
             tail(self.prefix_timesteps, self.timesteps),
             tail(self.prefix_episode_starts, self.episode_starts),
             tail(self.prefix_valid, np.ones((T, self.n_envs), dtype=bool)),
+            tail(self.prefix_rewards, self.rewards),  # before any time-limit bootstrap is added to them
         )
 
     def streams(self) -> EpisodeStreams:
@@ -171,20 +179,24 @@ class EpisodeBufferMixin:
         timesteps = np.zeros((E, L), dtype=np.int64)
         starts = np.zeros((E, L), dtype=np.int64)
         valid = np.zeros((E, L), dtype=bool)
+        rewards = np.zeros((E, L), dtype=np.float32)  # terminal observations and padding: 0
+        known = np.zeros((E, L), dtype=bool)  # whether a column's reward is known (not the last observation's)
         env = np.arange(E)
         # Table rows: prefix (P * E), rollout (T * E), terminal observations (n_term), last observations (E).
         index[:, :P] = (np.arange(P)[:, None] * E + env).T
         timesteps[:, :P] = self.prefix_timesteps.T
         starts[:, :P] = self.prefix_episode_starts.T
         valid[:, :P] = self.prefix_valid.T
+        rewards[:, :P], known[:, :P] = self.prefix_rewards.T, self.prefix_valid.T
         rows, cols = np.broadcast_to(env, (T, E)), step_cols
         index[rows, cols] = P * E + np.arange(T)[:, None] * E + env
         timesteps[rows, cols] = self.timesteps[:T]
         starts[rows, cols] = self.episode_starts[:T]
         valid[rows, cols] = True
+        rewards[rows, cols], known[rows, cols] = self.rewards[:T], True
         index[term_e, term_cols] = P * E + T * E + np.arange(n_term)
         timesteps[term_e, term_cols] = self.timesteps[term_t, term_e] + 1
-        valid[term_e, term_cols] = True
+        valid[term_e, term_cols] = known[term_e, term_cols] = True  # the episode ends there: nothing follows
         index[env, last_cols] = P * E + T * E + n_term + env
         timesteps[env, last_cols] = self._next_timestep
         starts[env, last_cols] = self.last_episode_starts
@@ -211,6 +223,8 @@ class EpisodeBufferMixin:
             terminal_envs=to_torch(term_e),
             terminal_steps=term_t,
             last_cols=to_torch(last_cols),
+            rewards=to_torch(rewards),
+            reward_known=to_torch(known),
         )
 
 
@@ -238,7 +252,13 @@ def segment_streams(streams: EpisodeStreams, length: int) -> StreamSegments:
     meta = TokenMeta(gather(streams.meta.timesteps), gather(streams.meta.episode_ids), gather(streams.meta.valid) & inside)
     keep = (steps >= 0).any(dim=-1).flatten()  # (E * S,)
     flat = lambda x: x.flatten(0, 1)[keep]  # noqa: E731
-    return StreamSegments(flat(gather(streams.index)), TokenMeta(*(flat(m) for m in meta)), flat(steps))
+    return StreamSegments(
+        flat(gather(streams.index)),
+        TokenMeta(*(flat(m) for m in meta)),
+        flat(steps),
+        flat(gather(streams.rewards)),
+        flat(gather(streams.reward_known) & inside),
+    )
 
 
 class EpisodeRolloutBuffer(EpisodeBufferMixin, RolloutBuffer):

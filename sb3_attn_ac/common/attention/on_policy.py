@@ -20,7 +20,7 @@ from sb3_attn_ac.common.attention.policies import (
     AttnActorCriticPolicy,
     AttnMultiInputActorCriticPolicy,
 )
-from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, StreamValues
+from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, MaskedPass, StreamValues
 from sb3_attn_ac.common.utils import check_attention_args, check_contrastive_args, check_q_att, check_spaces
 
 # Algorithm arguments that are forwarded to the policy.
@@ -94,11 +94,18 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         actor_context: bool,
         q_att_coef: float,
         q_att_loss_coef: float,
+        next_state_coef: float,
+        rtg_coef: float,
     ) -> None:
         check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum)
         check_contrastive_args(ct_coef, ct_temperature, mask_ratio)
-        if q_att_loss_coef < 0:
-            raise ValueError(f"q_att_loss_coef must be >= 0, got {q_att_loss_coef!r}")
+        for name, value in [
+            ("q_att_loss_coef", q_att_loss_coef),
+            ("next_state_coef", next_state_coef),
+            ("rtg_coef", rtg_coef),
+        ]:
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0 (0 turns the term off), got {value!r}")
         clash = sorted(set(policy_kwargs or {}) & set(POLICY_ARGS))
         if clash:
             raise ValueError(f"pass {', '.join(clash)} to {type(self).__name__}(...) directly, not in policy_kwargs")
@@ -138,6 +145,8 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.actor_context = actor_context
         self.q_att_coef = q_att_coef
         self.q_att_loss_coef = q_att_loss_coef
+        self.next_state_coef = next_state_coef
+        self.rtg_coef = rtg_coef
 
     def _setup_model(self) -> None:
         # Everything below derives from saved attributes, so load() (which calls this after restoring them) agrees.
@@ -158,7 +167,12 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
             )
         # The buffer is built before the policy: its prefix (the critic's receptive field) comes from the arguments.
         self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "prefix_len": self.n_layers * (self.context_len - 1)}
-        self.policy_kwargs = {**self.policy_kwargs, **{name: getattr(self, name) for name in POLICY_ARGS}}
+        self.policy_kwargs = {
+            **self.policy_kwargs,
+            **{name: getattr(self, name) for name in POLICY_ARGS},
+            "next_state_head": self.next_state_coef > 0,
+            "rtg_head": self.rtg_coef > 0,
+        }
         super()._setup_model()
         self._rollout_streams: EpisodeStreams | None = None
         self._rollout_values: StreamValues | None = None
@@ -273,10 +287,14 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self._rollout_streams = streams
         self._rollout_values = out if keep_graph else None
 
+    @property
+    def _masked_ratio(self) -> float | None:
+        """``mask_ratio`` when a masked pass is needed (contrastive loss or a prediction head on), else None."""
+        return self.mask_ratio if max(self.ct_coef, self.next_state_coef, self.rtg_coef) > 0 else None
+
     def _critic_pass(self, streams: EpisodeStreams) -> StreamValues:
-        """The critic over streams for the update: with the masked copy when the contrastive loss is on."""
-        mask_ratio = self.mask_ratio if self.ct_coef > 0 else None
-        return self.policy.evaluate_streams(streams, mask_ratio, self.bert_masking)
+        """The critic over streams for the update: with the masked copy when a masked-pass loss is on."""
+        return self.policy.evaluate_streams(streams, self._masked_ratio, self.bert_masking)
 
     def _rollout_critic(self) -> StreamValues:
         """The critic over the last rollout's streams, with gradient (reusing the rollout's pass when kept)."""
@@ -300,10 +318,29 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.logger.record("train/q_att_loss", q_loss.item())
         return self.q_att_loss_coef * q_loss
 
-    def _contrastive_term(self, out: StreamValues) -> th.Tensor | None:
-        """lambda * L_ct for the update (None when ``ct_coef == 0``: not computed at all); logs L_ct."""
-        if out.masked is None:
-            return None
-        ct_loss = self.policy.contrastive_loss(out.masked, self.ct_temperature)
-        self.logger.record("train/contrastive_loss", ct_loss.item())
-        return self.ct_coef * ct_loss
+    def _masked_terms(
+        self, masked: MaskedPass | None, rewards: th.Tensor, reward_known: th.Tensor
+    ) -> tuple[th.Tensor | None, dict[str, float]]:
+        """The losses of the masked pass, weighted: ``ct_coef`` * L_ct, ``next_state_coef`` * next-state and
+        ``rtg_coef`` * reward-to-go prediction (each computed only when its coefficient is > 0).
+
+        :param masked: the masked pass (None when no masked-pass loss is on)
+        :param rewards: (B, L) rewards of its tokens
+        :param reward_known: (B, L) whether they are known
+        :return: the weighted sum (None if nothing is on) and each loss's value, by logger name
+        """
+        if masked is None:
+            return None, {}
+        terms, logs = [], {}
+        if self.ct_coef > 0:
+            ct_loss = self.policy.contrastive_loss(masked, self.ct_temperature)
+            terms.append(self.ct_coef * ct_loss)
+            logs["contrastive_loss"] = ct_loss.item()
+        next_state_loss, rtg_loss = self.policy.masked_prediction_losses(masked, rewards, reward_known, self.gamma)
+        if next_state_loss is not None:
+            terms.append(self.next_state_coef * next_state_loss)
+            logs["next_state_loss"] = next_state_loss.item()
+        if rtg_loss is not None:
+            terms.append(self.rtg_coef * rtg_loss)
+            logs["rtg_loss"] = rtg_loss.item()
+        return (sum(terms[1:], terms[0]) if terms else None), logs

@@ -22,7 +22,14 @@ from torch.nn import functional as F
 from sb3_attn_ac.common.attention.buffers import take
 from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, MaskedPass, StreamValues
 from sb3_attn_ac.common.torch_layers import Band, EpisodeTransformer, KVCache, SinusoidalPositions, TokenMeta
-from sb3_attn_ac.common.utils import check_attention_args, check_q_att, check_spaces, masked_contrastive_loss, select_masked
+from sb3_attn_ac.common.utils import (
+    check_attention_args,
+    check_q_att,
+    check_spaces,
+    masked_contrastive_loss,
+    reward_to_go,
+    select_masked,
+)
 
 
 class AttnActorCriticPolicy(ActorCriticPolicy):
@@ -72,6 +79,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         the policy; trained by regression on returns, see the algorithms' ``q_att_loss_coef``). Deterministic
         actions take the argmax of that sum, sampling its softmax. Like ``actor_context`` it needs the
         transformer while acting (same incremental path and ``predict`` state).
+    :param next_state_head: a head predicting, at masked positions, the next step's features
+    :param rtg_head: a head predicting, at masked positions, the discounted reward-to-go within the window
     """
 
     def __init__(
@@ -102,6 +111,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         key_momentum: float = 0.95,
         actor_context: bool = False,
         q_att_coef: float = 0.0,
+        next_state_head: bool = False,
+        rtg_head: bool = False,
     ) -> None:
         check_spaces(observation_space, action_space)
         check_q_att(q_att_coef, action_space)
@@ -116,6 +127,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.key_momentum = key_momentum
         self.actor_context = actor_context
         self.q_att_coef = q_att_coef
+        self.next_state_head = next_state_head
+        self.rtg_head = rtg_head
         if net_arch is None:
             # SB3's actor; the critic's body is the transformer (its blocks hold MLPs), read by a linear head.
             net_arch = [] if features_extractor_class == NatureCNN else dict(pi=[64, 64], vf=[])
@@ -151,6 +164,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             key_momentum=self.key_momentum,
             actor_context=self.actor_context,
             q_att_coef=self.q_att_coef,
+            next_state_head=self.next_state_head,
+            rtg_head=self.rtg_head,
             share_features_extractor=self.share_features_extractor,
             normalize_images=self.normalize_images,
         )
@@ -177,6 +192,9 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.query_head = nn.Linear(self.d_model, self.d_model)
         # Q_att(s_t, .): one attention-value per action, read from the transformer's output.
         self.q_head = nn.Linear(self.d_model, int(self.action_space.n)) if self.q_att_coef > 0 else None  # type: ignore[attr-defined]
+        # Masked prediction heads (design notes: "for t=4, input s_4, a_4, predict s_5 and the reward-to-go").
+        self.next_state_net = nn.Linear(self.d_model, self.features_dim) if self.next_state_head else None
+        self.rtg_net = nn.Linear(self.d_model, 1) if self.rtg_head else None
         self.key_net: nn.Module | None = None
         if self.key_encoder == "momentum":
             self.key_net = copy.deepcopy(self.token_embedding).requires_grad_(False)
@@ -248,7 +266,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         masked_tokens = th.where(replaced[..., None], replacement, tokens)
         both_meta = TokenMeta(*(th.cat([m, m]) for m in meta))
         hidden, masked_hidden = self._critic(th.cat([tokens, masked_tokens]), both_meta, band).split(B)
-        return hidden, MaskedPass(masked_hidden, features, tokens, selected, band)
+        return hidden, MaskedPass(masked_hidden, features, tokens, selected, meta, band)
 
     def stream_band(self, meta: TokenMeta, masked: bool) -> Band:
         """The attention layout of :meth:`stream_forward` for streams with metadata ``meta``: B causal rows,
@@ -533,6 +551,36 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         keys = band.windows(F.normalize(keys, dim=-1)[:, None])[:, 0][env, chunk]  # (N, W, D)
         allowed = band.allowed[E:][env, chunk, slot]  # (N, W): the masked rows' windows
         return masked_contrastive_loss(queries, keys, band.left + slot, allowed, temperature)
+
+    def masked_prediction_losses(
+        self, masked: MaskedPass, rewards: th.Tensor, reward_known: th.Tensor, gamma: float
+    ) -> tuple[th.Tensor | None, th.Tensor | None]:
+        """The masked prediction heads' losses (None for a head that is off), averaged over masked positions:
+
+        - next state: MSE to the next step's features (stop-gradient), where the next column is a valid step of
+          the same episode (never across an episode boundary; a truncated episode's last step is followed by
+          its terminal observation);
+        - reward-to-go: MSE to sum_{k < context_len} gamma^k r_{t+k} over the same episode, where every reward in
+          that window is known (not past the end of the rollout).
+
+        :param masked: the masked pass
+        :param rewards: (B, L) the tokens' rewards
+        :param reward_known: (B, L) whether they are known
+        :param gamma: discount factor
+        """
+        meta, selected = masked.meta, masked.selected
+        next_state_loss = rtg_loss = None
+        if self.next_state_net is not None:
+            same = meta.episode_ids[:, 1:] == meta.episode_ids[:, :-1]
+            use = selected[:, :-1] & meta.valid[:, 1:] & same  # (B, L - 1)
+            prediction = self.next_state_net(masked.hidden[:, :-1][use])
+            next_state_loss = F.mse_loss(prediction, masked.features[:, 1:][use].detach()) if use.any() else prediction.sum()
+        if self.rtg_net is not None:
+            target, complete = reward_to_go(rewards, reward_known, meta.episode_ids, gamma, self.context_len)
+            use = selected & meta.valid & complete
+            prediction = self.rtg_net(masked.hidden[use]).squeeze(-1)
+            rtg_loss = F.mse_loss(prediction, target[use]) if use.any() else prediction.sum()
+        return next_state_loss, rtg_loss
 
     def update_key_encoder(self) -> None:
         """EMA step of the momentum key encoder (no-op with the shared encoder)."""

@@ -28,6 +28,8 @@ class EpisodeStreams(NamedTuple):
     :param terminal_envs: (n_term,) its env
     :param terminal_steps: (n_term,) the rollout step it ends
     :param last_cols: (E,) column of the observation that follows the rollout
+    :param rewards: (E, L) each step's reward (0 for terminal observations and padding)
+    :param reward_known: (E, L) False where the reward is not known yet (the last observation) and for padding
     """
 
     observations: th.Tensor | dict[str, th.Tensor]
@@ -39,6 +41,8 @@ class EpisodeStreams(NamedTuple):
     terminal_envs: th.Tensor
     terminal_steps: np.ndarray
     last_cols: th.Tensor
+    rewards: th.Tensor
+    reward_known: th.Tensor
 
 
 class MaskedPass(NamedTuple):
@@ -48,6 +52,7 @@ class MaskedPass(NamedTuple):
     :param features: (E, L, F) critic features of the (unmasked) states, for the keys
     :param tokens: (E, L, D) their token embeddings (keys of the ``"shared"`` encoder)
     :param selected: (E, L) masked positions M_i
+    :param meta: (E, L) the tokens' metadata
     :param band: the attention layout; rows ``E:`` of ``band.allowed`` are the masked rows' windows
     """
 
@@ -55,6 +60,7 @@ class MaskedPass(NamedTuple):
     features: th.Tensor
     tokens: th.Tensor
     selected: th.Tensor
+    meta: TokenMeta
     band: Band
 
 
@@ -85,8 +91,12 @@ class StreamSegments(NamedTuple):
     :param meta: (n_seg, context + length) token metadata (out-of-range columns invalid)
     :param steps: (n_seg, context + length) time-major index t * E + e of the rollout step trained at each
         token, -1 for context, terminal observations, the last observation and padding
+    :param rewards: (n_seg, context + length) rewards of the tokens (see :class:`EpisodeStreams`)
+    :param reward_known: (n_seg, context + length) whether they are known
     """
 
     index: th.Tensor
     meta: TokenMeta
     steps: th.Tensor
+    rewards: th.Tensor
+    reward_known: th.Tensor
