@@ -105,6 +105,28 @@ def fps_side_by_side(env_id: str, algos: list[str], steps: int, rounds: int) -> 
     return {a: statistics.median(v) for a, v in fps.items()}
 
 
+def summary(path: Path) -> str:
+    """Markdown table of the runs and the latest side-by-side FPS in ``path``."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    runs = [r for r in rows if r.get("kind") == "run"]
+    fps = {r["env"]: r["fps"] for r in rows if r.get("kind") == "fps"}  # the latest measurement per env
+    lines = ["| env | algorithm | evaluation return per seed | mean | training FPS (side by side) | FPS vs RecurrentPPO |",
+             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for env_id in dict.fromkeys(r["env"] for r in runs):
+        for algo in dict.fromkeys(r["algo"] for r in runs if r["env"] == env_id):
+            mine = sorted((r for r in runs if r["env"] == env_id and r["algo"] == algo), key=lambda r: r["seed"])
+            returns = [r["eval_mean"] for r in mine]
+            speed = fps.get(env_id, {}).get(algo)
+            ratio = speed / fps[env_id]["recurrent_ppo"] if speed and "recurrent_ppo" in fps.get(env_id, {}) else None
+            per_seed = ", ".join(f"{x:.0f}" for x in returns)
+            seeds = ", ".join(str(r["seed"]) for r in mine)
+            lines.append(
+                f"| {env_id} | {algo} | {per_seed} (seeds {seeds}) | {statistics.mean(returns):.0f} "
+                f"| {speed and round(speed)} | {ratio and f'{ratio:.1f}x'} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algos", nargs="+", default=["attn_ppo", "recurrent_ppo", "ppo"])
@@ -113,9 +135,13 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=100_000)
     parser.add_argument("--fps", action="store_true", help="only measure training FPS side by side")
     parser.add_argument("--fps-steps", type=int, default=8192)
+    parser.add_argument("--summary", action="store_true", help="print the results table from --out and exit")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pomdp.jsonl")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.summary:
+        print(summary(args.out))
+        return
 
     if args.fps:
         for env_id in args.envs:
