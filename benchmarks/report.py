@@ -1,0 +1,151 @@
+"""Learning-curve report: each algorithm trained through rl-zoo3 (``attn-zoo train``) with its own rl-zoo3
+hyperparameters, evaluated every 10% of its budget, then aggregated over seeds with the interquartile mean and
+stratified bootstrap 95% confidence intervals (``rliable``), as PNG curves and final-score bars.
+
+Hyperparameters: ours from ``hyperparams/``, the baselines' from rl-zoo3's own files (``a2c``, ``ppo``,
+``ppo_lstm`` = RecurrentPPO). A baseline without an entry for a NoVel env uses its entry for the fully observed
+env with observation normalisation (A2C and PPO have no NoVel entries), else rl-zoo3's ``default``.
+Runs are resumable: every finished (algo, env, seed) is one JSON line in ``--out`` and is skipped next time.
+
+    python benchmarks/report.py --envs CartPole-v1 --algos a2c a2c_attn ppo ppo_attn --seeds 0 1 2 3 4
+    python benchmarks/report.py --aggregate-only
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import common  # one torch thread; must come first
+import matplotlib
+import numpy as np
+import yaml
+from rliable import library as rly
+from rliable import metrics
+
+from sb3_attn_ac import zoo
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+RESULTS = Path(__file__).parent / "results"
+ZOO_HYPERPARAMS = Path(zoo.__file__).parent / "hyperparams"
+NAMES = {"a2c": "A2C", "a2c_attn": "AttnA2C", "ppo": "PPO", "ppo_attn": "AttnPPO", "ppo_lstm": "RecurrentPPO"}
+
+
+def hyperparams(algo: str, env_id: str) -> dict:
+    """The rl-zoo3 entry an algorithm uses for an env (see the module docstring)."""
+    import rl_zoo3
+
+    directory = ZOO_HYPERPARAMS if algo in zoo.ALGOS else Path(rl_zoo3.__file__).parent / "hyperparams"
+    entries = yaml.load((directory / f"{algo}.yml").read_text(), Loader=yaml.UnsafeLoader)  # rl-zoo3's own format
+    if env_id in entries:
+        return dict(entries[env_id])
+    if "NoVel" in env_id and env_id.replace("NoVel", "") in entries:
+        return {**entries[env_id.replace("NoVel", "")], "normalize": True}
+    return dict(entries["default"])
+
+
+def train(algo: str, env_id: str, seed: int, logs: Path) -> dict:
+    """One run through attn-zoo, evaluating 10 deterministic episodes every 10% of the budget."""
+    entry = hyperparams(algo, env_id)
+    budget = int(float(entry["n_timesteps"]))
+    conf = logs / f"{algo}_{env_id}.yml"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(yaml.dump({env_id: entry}))
+    folder = logs / f"seed{seed}"
+    command = [sys.executable, "-m", "sb3_attn_ac.zoo", "train", "--algo", algo, "--env", env_id, "--seed", str(seed),
+               "-f", str(folder), "-conf", str(conf), "--eval-freq", str(budget // 10), "--eval-episodes", "10",
+               "--n-eval-envs", "1", "--verbose", "0"]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    wall = time.perf_counter() - start
+    run = max((folder / algo).glob(f"{env_id}_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+    evaluations = np.load(run / "evaluations.npz")
+    return {
+        "algo": algo,
+        "env": env_id,
+        "seed": seed,
+        "budget": budget,
+        "timesteps": evaluations["timesteps"].tolist(),
+        "eval_mean": evaluations["results"].mean(axis=1).tolist(),
+        "eval_episodes": 10,
+        "wall_s": wall,
+        "hyperparams": {k: str(v) for k, v in entry.items()},
+        "environment": common.environment(),
+    }
+
+
+def aggregate(rows: list[dict], out_dir: Path) -> str:
+    """IQM and 95% stratified bootstrap CIs per env and algorithm; writes one PNG per env; returns a table."""
+    lines = [
+        "| env | algorithm | seeds | budget | final IQM [95% CI] | final mean per seed |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for env_id in dict.fromkeys(r["env"] for r in rows):
+        env_rows = [r for r in rows if r["env"] == env_id]
+        fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]})
+        finals, labels = [], []
+        for algo in dict.fromkeys(r["algo"] for r in env_rows):
+            runs = sorted((r for r in env_rows if r["algo"] == algo), key=lambda r: r["seed"])
+            n = min(len(r["eval_mean"]) for r in runs)
+            scores = np.array([r["eval_mean"][:n] for r in runs])[:, None, :]  # (runs, tasks=1, evaluations)
+            steps = np.array(runs[0]["timesteps"][:n])
+            iqm = lambda x: np.array([metrics.aggregate_iqm(x[..., i]) for i in range(x.shape[-1])])  # noqa: E731
+            point, interval = rly.get_interval_estimates({algo: scores}, iqm, reps=2000, random_state=np.random.RandomState(0))
+            curves.plot(steps, point[algo], label=NAMES.get(algo, algo))
+            curves.fill_between(steps, interval[algo][0], interval[algo][1], alpha=0.2)
+            final = scores[:, :, -1]
+            fp, fi = rly.get_interval_estimates({algo: final}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=2000,
+                                                random_state=np.random.RandomState(0))  # fmt: skip
+            finals.append((fp[algo][0], fi[algo][:, 0]))
+            labels.append(NAMES.get(algo, algo))
+            per_seed = ", ".join(f"{x:.0f}" for x in final[:, 0])
+            lines.append(f"| {env_id} | {NAMES.get(algo, algo)} | {len(runs)} | {runs[0]['budget']:.0e} "
+                         f"| {fp[algo][0]:.0f} [{fi[algo][0, 0]:.0f}, {fi[algo][1, 0]:.0f}] | {per_seed} |")  # fmt: skip
+        curves.set_xlabel("timesteps")
+        curves.set_ylabel("evaluation return (IQM over seeds, 95% CI)")
+        curves.set_title(env_id)
+        curves.legend()
+        points = np.array([f[0] for f in finals])
+        errors = np.abs(np.array([f[1] for f in finals]).T - points)
+        bars.barh(labels, points, xerr=errors, color="tab:blue", alpha=0.7)
+        bars.set_xlabel("final evaluation return (IQM, 95% CI)")
+        fig.tight_layout()
+        fig.savefig(out_dir / f"report_{env_id}.png", dpi=100)
+        plt.close(fig)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algos", nargs="+", default=["a2c_attn", "ppo_attn", "a2c", "ppo", "ppo_lstm"])
+    parser.add_argument("--envs", nargs="+", default=["CartPole-v1", "CartPoleNoVel-v1", "PendulumNoVel-v1"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--logs", type=Path, default=Path("logs/report"))
+    parser.add_argument("--aggregate-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS / "report.jsonl")
+    args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.exists() else []
+    if not args.aggregate_only:
+        done = {(r["algo"], r["env"], r["seed"]) for r in rows}
+        for env_id in args.envs:
+            for algo in args.algos:
+                for seed in args.seeds:
+                    if (algo, env_id, seed) in done:
+                        continue
+                    row = train(algo, env_id, seed, args.logs)
+                    rows.append(row)
+                    with args.out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(f"{algo} {env_id} seed {seed}: final {row['eval_mean'][-1]:.1f} ({row['wall_s']:.0f} s)", flush=True)
+    print(aggregate(rows, args.out.parent))
+
+
+if __name__ == "__main__":
+    main()
