@@ -77,6 +77,9 @@ def test_predict_values_is_first_step_value(stream) -> None:
         assert th.isclose(values[i, 0], policy.trajectory_values(obs[i : i + 1])[0], atol=1e-6)
     actions, values, log_prob = policy(th.as_tensor(obs[:4]))
     assert actions.shape == (4,) and values.shape == (4, 1) and log_prob.shape == (4,)
+    with th.no_grad():  # SB3's evaluate_actions: the same values and log-probabilities
+        values2, log_prob2, entropy = policy.evaluate_actions(th.as_tensor(obs[:4]), actions)
+    assert th.allclose(values2, values) and th.allclose(log_prob2, log_prob) and entropy.shape == (4,)
 
 
 def test_standalone_save_load(tmp_path, stream) -> None:

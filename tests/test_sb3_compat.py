@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch as th
-from stable_baselines3 import A2C
+from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import (
@@ -17,14 +17,14 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from sb3_attn_ac import AttnA2C
+from sb3_attn_ac import AttnA2C, AttnPPO
 
 TINY = dict(n_steps=4, context_len=4, d_model=16, seed=0)
 
 
 def user_script(algo: type, env) -> float:
     """Code written for A2C: it must run unchanged with AttnA2C."""
-    model = algo("MlpPolicy", env, n_steps=4, seed=0, verbose=0)
+    model = algo("MlpPolicy", env, n_steps=8, seed=0, verbose=0)
     model.learn(total_timesteps=64, progress_bar=False)
     obs = env.reset()
     _, state = model.predict(obs, deterministic=True)
@@ -33,8 +33,8 @@ def user_script(algo: type, env) -> float:
     return mean
 
 
-def test_drop_in_for_a2c() -> None:
-    for algo in (A2C, AttnA2C):
+def test_drop_in_for_a2c_and_ppo() -> None:
+    for algo in (A2C, AttnA2C, PPO, AttnPPO):
         assert np.isfinite(user_script(algo, make_vec_env("CartPole-v1", n_envs=2, seed=0)))
 
 
