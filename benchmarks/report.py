@@ -4,7 +4,9 @@ stratified bootstrap 95% confidence intervals (``rliable``), as PNG curves and f
 
 Hyperparameters: ours from ``hyperparams/``, the baselines' from rl-zoo3's own files (``a2c``, ``ppo``,
 ``ppo_lstm`` = RecurrentPPO). A baseline without an entry for a NoVel env uses its entry for the fully observed
-env with observation normalisation (A2C and PPO have no NoVel entries), else rl-zoo3's ``default``.
+env with observation normalisation (A2C and PPO have no NoVel entries); one without an entry for a fully
+observed env uses its NoVel entry if any (RecurrentPPO on CartPole-v1: its tuned CartPoleNoVel-v1 settings),
+else rl-zoo3's ``default``.
 Runs are resumable: every finished (algo, env, seed) is one JSON line in ``--out`` and is skipped next time.
 
     python benchmarks/report.py --envs CartPole-v1 --algos a2c a2c_attn ppo ppo_attn --seeds 0 1 2 3 4
@@ -46,6 +48,9 @@ def hyperparams(algo: str, env_id: str) -> dict:
         return dict(entries[env_id])
     if "NoVel" in env_id and env_id.replace("NoVel", "") in entries:
         return {**entries[env_id.replace("NoVel", "")], "normalize": True}
+    name, version = env_id.split("-v")
+    if f"{name}NoVel-v{version}" in entries:  # RecurrentPPO's only CartPole entry is its tuned NoVel one
+        return dict(entries[f"{name}NoVel-v{version}"])
     return dict(entries["default"])
 
 
