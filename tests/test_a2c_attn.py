@@ -150,7 +150,8 @@ def test_custom_rollout_buffer_class() -> None:
         (dict(ct_temperature=0), "ct_temperature must be > 0"),
         (dict(ct_coef=-1), "ct_coef must be >= 0"),
         (dict(key_encoder="target"), "key_encoder must be one of"),
-        (dict(policy_kwargs=dict(context_len=8)), r"pass context_len to AttnA2C\(...\) directly"),
+        (dict(policy_kwargs=dict(context_len=8)), r"context_len in policy_kwargs: pass the attention arguments to AttnA2C"),
+        (dict(policy_kwargs=dict(rtg_head=True)), r"rtg_head in policy_kwargs: .* with next_state_coef / rtg_coef"),
         (
             dict(rollout_buffer_class=__import__("stable_baselines3").common.buffers.RolloutBuffer),
             "rollout_buffer_class must be EpisodeRolloutBuffer",

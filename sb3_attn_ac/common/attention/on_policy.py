@@ -106,9 +106,13 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         ]:
             if value < 0:
                 raise ValueError(f"{name} must be >= 0 (0 turns the term off), got {value!r}")
-        clash = sorted(set(policy_kwargs or {}) & set(POLICY_ARGS))
+        # The algorithm sets these policy arguments itself (the heads from next_state_coef and rtg_coef).
+        clash = sorted(set(policy_kwargs or {}) & {*POLICY_ARGS, "next_state_head", "rtg_head"})
         if clash:
-            raise ValueError(f"pass {', '.join(clash)} to {type(self).__name__}(...) directly, not in policy_kwargs")
+            raise ValueError(
+                f"{', '.join(clash)} in policy_kwargs: pass the attention arguments to {type(self).__name__}(...) "
+                "directly (the prediction heads with next_state_coef / rtg_coef)"
+            )
         super().__init__(
             policy,
             env,
