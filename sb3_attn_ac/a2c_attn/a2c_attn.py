@@ -2,9 +2,7 @@
 
 from typing import Any, TypeVar
 
-import numpy as np
 import torch as th
-from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import explained_variance
@@ -179,16 +177,14 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         out = self._rollout_critic()
 
         # Time-major (T, E) data flattened to T * E, the order of out.values.reshape(-1).
-        observations = tree_map(lambda o: th.as_tensor(o.reshape(-1, *o.shape[2:]), device=self.device), buffer.observations)
-        actions = th.as_tensor(buffer.actions.reshape(-1, buffer.action_dim).astype(np.float32), device=self.device)
-        if isinstance(self.action_space, spaces.Discrete):
-            actions = actions.long().flatten()
-        distribution = self.policy.action_distribution(observations, out.hidden.reshape(-1, out.hidden.shape[-1]))
+        observations = tree_map(buffer.flat_tensor, buffer.observations)
+        actions = buffer.flat_actions()
+        hidden = out.hidden.reshape(-1, out.hidden.shape[-1])
+        distribution = self.policy.action_distribution(observations, hidden)
         log_prob = distribution.log_prob(actions)
         entropy = distribution.entropy()
         values = out.values.reshape(-1)
-        advantages = th.as_tensor(buffer.advantages.reshape(-1), device=self.device)
-        returns = th.as_tensor(buffer.returns.reshape(-1), device=self.device)
+        advantages, returns = buffer.flat_tensor(buffer.advantages), buffer.flat_tensor(buffer.returns)
         if self.normalize_advantage:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
@@ -197,13 +193,10 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
         loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
         assert self._rollout_streams is not None
-        masked_term, masked_logs = self._masked_terms(
-            out.masked, self._rollout_streams.rewards, self._rollout_streams.reward_known
-        )
-        hidden = out.hidden.reshape(-1, out.hidden.shape[-1])
-        for term in (masked_term, self._q_att_term(hidden, actions, returns)):
-            if term is not None:
-                loss = loss + term
+        streams = self._rollout_streams
+        aux_term, aux_logs = self._auxiliary_terms(out.masked, streams.rewards, streams.reward_known, hidden, actions, returns)
+        if aux_term is not None:
+            loss = loss + aux_term
 
         self.policy.optimizer.zero_grad()
         loss.backward()
@@ -218,7 +211,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         self.logger.record("train/entropy_loss", entropy_loss.item())
         self.logger.record("train/policy_loss", policy_loss.item())
         self.logger.record("train/value_loss", value_loss.item())
-        for name, value in masked_logs.items():
+        for name, value in aux_logs.items():
             self.logger.record(f"train/{name}", value)
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())

@@ -5,7 +5,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch as th
-from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
@@ -14,6 +13,7 @@ from torch.nn import functional as F
 from sb3_attn_ac.common.attention.buffers import segment_streams, take
 from sb3_attn_ac.common.attention.on_policy import AttnOnPolicyAlgorithm
 from sb3_attn_ac.common.attention.policies import AttnActorCriticPolicy
+from sb3_attn_ac.common.torch_layers import TokenMeta
 from sb3_attn_ac.common.utils import fast_adam_kwargs
 
 SelfAttnPPO = TypeVar("SelfAttnPPO", bound="AttnPPO")
@@ -217,21 +217,18 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         mask_ratio = self._masked_ratio
         band = self.policy.stream_band(segments.meta, masked=mask_ratio is not None)  # built once, sliced per minibatch
         # Rollout data flattened time-major (index t * n_envs + e, as segments.steps).
-        flat = lambda a: th.as_tensor(a.reshape(-1, *a.shape[2:]), device=self.device)  # noqa: E731
-        actions = flat(buffer.actions.astype(np.float32))
-        if isinstance(self.action_space, spaces.Discrete):
-            actions = actions.long().flatten()
-        old_log_prob, old_values = flat(buffer.log_probs), flat(buffer.values)
-        advantages_all, returns_all = flat(buffer.advantages), flat(buffer.returns)
+        actions = buffer.flat_actions()
+        old_log_prob, old_values = buffer.flat_tensor(buffer.log_probs), buffer.flat_tensor(buffer.values)
+        advantages_all, returns_all = buffer.flat_tensor(buffer.advantages), buffer.flat_tensor(buffer.returns)
 
         entropy_losses, pg_losses, value_losses, clip_fractions = [], [], [], []
-        masked_logs: dict[str, list[float]] = {}
+        aux_logs: dict[str, list[float]] = {}
         continue_training = True
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
             for rows in th.randperm(n_segments, device=self.device).tensor_split(n_minibatches):
                 index, steps = segments.index[rows], segments.steps[rows]
-                meta = type(segments.meta)(*(m[rows] for m in segments.meta))
+                meta = TokenMeta(*(m[rows] for m in segments.meta))
                 observations = take(streams.observations, index.flatten())
                 band_rows = rows if mask_ratio is None else th.cat([rows, rows + n_segments])
                 hidden, masked = self.policy.stream_forward(
@@ -262,14 +259,18 @@ class AttnPPO(AttnOnPolicyAlgorithm):
                 entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
                 entropy_losses.append(entropy_loss.item())
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
-                masked_term, logs = self._masked_terms(masked, segments.rewards[rows], segments.reward_known[rows])
-                if masked_term is not None:
-                    loss = loss + masked_term
+                aux_term, logs = self._auxiliary_terms(
+                    masked,
+                    segments.rewards[rows],
+                    segments.reward_known[rows],
+                    hidden[trained],
+                    actions[idx],
+                    returns_all[idx],
+                )
+                if aux_term is not None:
+                    loss = loss + aux_term
                 for name, value in logs.items():
-                    masked_logs.setdefault(name, []).append(value)
-                q_term = self._q_att_term(hidden[trained], actions[idx], returns_all[idx])
-                if q_term is not None:
-                    loss = loss + q_term
+                    aux_logs.setdefault(name, []).append(value)
 
                 with th.no_grad():
                     log_ratio = log_prob - old_log_prob[idx]
@@ -294,7 +295,7 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         self.logger.record("train/entropy_loss", np.mean(entropy_losses))
         self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
         self.logger.record("train/value_loss", np.mean(value_losses))
-        for name, values in masked_logs.items():
+        for name, values in aux_logs.items():
             self.logger.record(f"train/{name}", np.mean(values))
         self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
         self.logger.record("train/clip_fraction", np.mean(clip_fractions))

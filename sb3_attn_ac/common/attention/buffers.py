@@ -106,6 +106,15 @@ class EpisodeBufferMixin:
         self._next_timestep = timestep + 1
         super().add(obs, action, reward, episode_start, value, log_prob)  # type: ignore[misc]
 
+    def flat_tensor(self, array: np.ndarray) -> th.Tensor:
+        """A (T, E, ...) rollout array as a (T * E, ...) tensor, time-major: row t * n_envs + e."""
+        return th.as_tensor(array[: self.pos].reshape(-1, *array.shape[2:]), device=self.device)
+
+    def flat_actions(self) -> th.Tensor:
+        """The rollout's actions, time-major, as the action distributions take them (long indices for Discrete)."""
+        actions = self.flat_tensor(self.actions.astype(np.float32))  # type: ignore[attr-defined]
+        return actions.long().flatten() if isinstance(self.action_space, spaces.Discrete) else actions  # type: ignore[attr-defined]
+
     def next_timesteps(self, episode_starts: np.ndarray) -> np.ndarray:
         """Index within its episode of each env's current observation (0 where ``episode_starts``)."""
         return np.where(np.asarray(episode_starts, dtype=bool), 0, self._next_timestep)

@@ -307,44 +307,43 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self._rollout_values = None  # a graph serves one backward pass
         return out
 
-    def _q_att_term(self, hidden: th.Tensor, actions: th.Tensor, returns: th.Tensor) -> th.Tensor | None:
-        """q_att_loss_coef * the Q_att regression on the observed returns of the taken actions (None when Q_att
-        is off); logs the loss.
-
-        :param hidden: (N, D) transformer outputs at the trained steps
-        :param actions: (N,) their actions
-        :param returns: (N,) their returns (TD(lambda), as the value target)
-        """
-        if self.policy.q_head is None:
-            return None
-        q_taken = self.policy.q_att(hidden).gather(1, actions.long().view(-1, 1)).squeeze(1)
-        q_loss = F.mse_loss(q_taken, returns)
-        self.logger.record("train/q_att_loss", q_loss.item())
-        return self.q_att_loss_coef * q_loss
-
-    def _masked_terms(
-        self, masked: MaskedPass | None, rewards: th.Tensor, reward_known: th.Tensor
+    def _auxiliary_terms(
+        self,
+        masked: MaskedPass | None,
+        rewards: th.Tensor,
+        reward_known: th.Tensor,
+        hidden: th.Tensor,
+        actions: th.Tensor,
+        returns: th.Tensor,
     ) -> tuple[th.Tensor | None, dict[str, float]]:
-        """The losses of the masked pass, weighted: ``ct_coef`` * L_ct, ``next_state_coef`` * next-state and
-        ``rtg_coef`` * reward-to-go prediction (each computed only when its coefficient is > 0).
+        """The losses added to the RL loss, weighted, each computed only when its coefficient is on:
+        ``ct_coef`` * L_ct, ``next_state_coef`` * next-state and ``rtg_coef`` * reward-to-go prediction (from the
+        masked pass), and ``q_att_loss_coef`` * Q_att's regression on the returns of the taken actions.
 
         :param masked: the masked pass (None when no masked-pass loss is on)
         :param rewards: (B, L) rewards of its tokens
         :param reward_known: (B, L) whether they are known
+        :param hidden: (N, D) transformer outputs at the trained steps
+        :param actions: (N,) their actions
+        :param returns: (N,) their returns (TD(lambda), as the value target)
         :return: the weighted sum (None if nothing is on) and each loss's value, by logger name
         """
-        if masked is None:
-            return None, {}
         terms, logs = [], {}
-        if self.ct_coef > 0:
-            ct_loss = self.policy.contrastive_loss(masked, self.ct_temperature)
-            terms.append(self.ct_coef * ct_loss)
-            logs["contrastive_loss"] = ct_loss.item()
-        next_state_loss, rtg_loss = self.policy.masked_prediction_losses(masked, rewards, reward_known, self.gamma)
-        if next_state_loss is not None:
-            terms.append(self.next_state_coef * next_state_loss)
-            logs["next_state_loss"] = next_state_loss.item()
-        if rtg_loss is not None:
-            terms.append(self.rtg_coef * rtg_loss)
-            logs["rtg_loss"] = rtg_loss.item()
+        if masked is not None:
+            if self.ct_coef > 0:
+                ct_loss = self.policy.contrastive_loss(masked, self.ct_temperature)
+                terms.append(self.ct_coef * ct_loss)
+                logs["contrastive_loss"] = ct_loss.item()
+            next_state_loss, rtg_loss = self.policy.masked_prediction_losses(masked, rewards, reward_known, self.gamma)
+            if next_state_loss is not None:
+                terms.append(self.next_state_coef * next_state_loss)
+                logs["next_state_loss"] = next_state_loss.item()
+            if rtg_loss is not None:
+                terms.append(self.rtg_coef * rtg_loss)
+                logs["rtg_loss"] = rtg_loss.item()
+        if self.policy.q_head is not None:
+            q_taken = self.policy.q_att(hidden).gather(1, actions.long().view(-1, 1)).squeeze(1)
+            q_loss = F.mse_loss(q_taken, returns)
+            terms.append(self.q_att_loss_coef * q_loss)
+            logs["q_att_loss"] = q_loss.item()
         return (sum(terms[1:], terms[0]) if terms else None), logs

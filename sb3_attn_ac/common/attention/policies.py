@@ -32,6 +32,11 @@ from sb3_attn_ac.common.utils import (
 )
 
 
+def batch_len(obs: PyTorchObs) -> int:
+    """Number of observations in a batch (of a tensor, or of a dict of tensors)."""
+    return len(next(iter(obs.values())) if isinstance(obs, dict) else obs)
+
+
 class AttnActorCriticPolicy(ActorCriticPolicy):
     """Actor-critic policy with SB3's MLP actor and a transformer critic over the episode so far.
 
@@ -318,13 +323,19 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             th.ones(1, length, dtype=th.bool, device=self.device),
         )
 
+    def _stream_inputs(
+        self, observations: np.ndarray | dict[str, np.ndarray], episode_starts: np.ndarray | None
+    ) -> tuple[PyTorchObs, TokenMeta]:
+        """One stream's observations as tensors, and its metadata."""
+        obs, _ = self.obs_to_tensor(observations)
+        return obs, self._stream_meta(batch_len(obs), episode_starts)
+
     def _stream(
         self, observations: np.ndarray | dict[str, np.ndarray], episode_starts: np.ndarray | None
     ) -> tuple[PyTorchObs, th.Tensor]:
-        obs, _ = self.obs_to_tensor(observations)
-        length = len(next(iter(obs.values())) if isinstance(obs, dict) else obs)
+        obs, meta = self._stream_inputs(observations, episode_starts)
         with th.no_grad():
-            hidden, _ = self.stream_forward(obs, self._stream_meta(length, episode_starts))
+            hidden, _ = self.stream_forward(obs, meta)
         return obs, hidden[0]
 
     def trajectory_values(
@@ -364,9 +375,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         :param observations: (T, *obs_shape) consecutive observations of one env (or a dict of them)
         :param episode_starts: (T,) True where a new episode starts (the first step always starts one)
         """
-        obs, _ = self.obs_to_tensor(observations)
-        length = len(next(iter(obs.values())) if isinstance(obs, dict) else obs)
-        meta = self._stream_meta(length, episode_starts)
+        obs, meta = self._stream_inputs(observations, episode_starts)
         with th.no_grad():
             tokens = self.token_embedding(self._critic_features(obs))[None] + self.positions(meta.timesteps)
             return [w[0] for w in self.transformer.attention_weights(tokens, Band(meta, self.context_len))]
@@ -499,7 +508,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             return super().predict(observation, state, episode_start, deterministic)
         self.set_training_mode(False)
         obs, vectorized = self.obs_to_tensor(observation)
-        n_envs = len(next(iter(obs.values())) if isinstance(obs, dict) else obs)
+        n_envs = batch_len(obs)
         if state is None:
             cache, timesteps = self.empty_cache(n_envs), th.zeros(n_envs, dtype=th.long, device=self.device)
         else:
