@@ -54,9 +54,9 @@ def hyperparams(algo: str, env_id: str) -> dict:
     return dict(entries["default"])
 
 
-def train(algo: str, env_id: str, seed: int, logs: Path) -> dict:
-    """One run through attn-zoo, evaluating 10 deterministic episodes every 10% of the budget."""
-    entry = hyperparams(algo, env_id)
+def train(algo: str, env_id: str, seed: int, logs: Path, entry: dict) -> dict:
+    """One run through attn-zoo with the hyperparameter ``entry``, evaluating 10 deterministic episodes every
+    10% of the budget."""
     budget = int(float(entry["n_timesteps"]))
     conf = logs / f"{algo}_{env_id}.yml"
     conf.parent.mkdir(parents=True, exist_ok=True)
@@ -84,8 +84,9 @@ def train(algo: str, env_id: str, seed: int, logs: Path) -> dict:
     }
 
 
-def aggregate(rows: list[dict], out_dir: Path) -> str:
-    """IQM and 95% stratified bootstrap CIs per env and algorithm; writes one PNG per env; returns a table."""
+def aggregate(rows: list[dict], out_dir: Path, prefix: str = "report") -> str:
+    """IQM and 95% stratified bootstrap CIs per env and algorithm; writes one PNG per env (``prefix_<env>.png``);
+    returns a markdown table."""
     lines = [
         "| env | algorithm | seeds | budget | final IQM [95% CI] | final mean per seed |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -120,7 +121,7 @@ def aggregate(rows: list[dict], out_dir: Path) -> str:
         bars.barh(labels, points, xerr=errors, color="tab:blue", alpha=0.7)
         bars.set_xlabel("final evaluation return (IQM, 95% CI)")
         fig.tight_layout()
-        fig.savefig(out_dir / f"report_{env_id}.png", dpi=100)
+        fig.savefig(out_dir / f"{prefix}_{env_id}.png", dpi=100)
         plt.close(fig)
     return "\n".join(lines)
 
@@ -144,7 +145,7 @@ def main() -> None:
                 for seed in args.seeds:
                     if (algo, env_id, seed) in done:
                         continue
-                    row = train(algo, env_id, seed, args.logs)
+                    row = train(algo, env_id, seed, args.logs, hyperparams(algo, env_id))
                     rows.append(row)
                     with args.out.open("a") as f:
                         f.write(json.dumps(row) + "\n")

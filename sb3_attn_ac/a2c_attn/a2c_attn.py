@@ -5,7 +5,6 @@ from typing import Any, TypeVar
 import torch as th
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
-from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
 from sb3_attn_ac.common.attention.buffers import tree_map
@@ -73,6 +72,13 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         (``train/next_state_loss``; 0: off)
     :param rtg_coef: weight of a head predicting, at each masked position, the discounted reward-to-go over the
         next ``context_len`` steps of the episode (``train/rtg_loss``; 0: off)
+    :param n_episodes: N-trajectory rollouts: each rollout runs until N episodes have ended across the envs and
+        the update trains on those whole episodes, with Monte-Carlo discounted returns as value targets (and GAE
+        with ``gae_lambda`` as advantages: R - V at 1); unfinished episodes are kept whole for the next rollout.
+        ``n_steps`` is then unused. None (default): rollouts of ``n_steps`` as in SB3
+    :param max_rollout_steps: with ``n_episodes``, the most steps per env a rollout holds (unfinished episodes
+        included), which bounds memory; reaching it stops the rollout with a warning, or with an error when no
+        episode has ended
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -116,6 +122,8 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         q_att_loss_coef: float = 0.5,
         next_state_coef: float = 0.0,
         rtg_coef: float = 0.0,
+        n_episodes: int | None = None,
+        max_rollout_steps: int = 4096,
         _init_setup_model: bool = True,
     ) -> None:
         super().__init__(
@@ -154,6 +162,8 @@ class AttnA2C(AttnOnPolicyAlgorithm):
             q_att_loss_coef=q_att_loss_coef,
             next_state_coef=next_state_coef,
             rtg_coef=rtg_coef,
+            n_episodes=n_episodes,
+            max_rollout_steps=max_rollout_steps,
         )
         self.normalize_advantage = normalize_advantage
         # As A2C: RMSprop (the original implementation) unless an optimizer is given; multi-tensor (foreach)
@@ -176,15 +186,18 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         buffer = self.rollout_buffer
         out = self._rollout_critic()
 
-        # Time-major (T, E) data flattened to T * E, the order of out.values.reshape(-1).
-        observations = tree_map(buffer.flat_tensor, buffer.observations)
-        actions = buffer.flat_actions()
-        hidden = out.hidden.reshape(-1, out.hidden.shape[-1])
+        # Time-major (T, E) data flattened to T * E, the order of out.values.reshape(-1); only the trained steps
+        # (with n_episodes, those of the episodes that ended).
+        trained = None if buffer.trained.all() else buffer.flat_tensor(buffer.trained)
+        select = (lambda x: x) if trained is None else (lambda x: x[trained])
+        observations = tree_map(lambda o: select(buffer.flat_tensor(o)), buffer.observations)
+        actions = select(buffer.flat_actions())
+        hidden = select(out.hidden.reshape(-1, out.hidden.shape[-1]))
         distribution = self.policy.action_distribution(observations, hidden)
         log_prob = distribution.log_prob(actions)
         entropy = distribution.entropy()
-        values = out.values.reshape(-1)
-        advantages, returns = buffer.flat_tensor(buffer.advantages), buffer.flat_tensor(buffer.returns)
+        values = select(out.values.reshape(-1))
+        advantages, returns = select(buffer.flat_tensor(buffer.advantages)), select(buffer.flat_tensor(buffer.returns))
         if self.normalize_advantage:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
@@ -204,7 +217,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         self.policy.optimizer.step()
         self.policy.update_key_encoder()
 
-        explained_var = explained_variance(buffer.values.flatten(), buffer.returns.flatten())
+        explained_var = buffer.explained_variance()
         self._n_updates += 1
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/explained_variance", explained_var)

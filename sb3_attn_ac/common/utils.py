@@ -107,6 +107,14 @@ def check_contrastive_args(ct_coef: float, ct_temperature: float, mask_ratio: fl
         raise ValueError(f"mask_ratio must be in the open interval (0, 1), got {mask_ratio!r}")
 
 
+def check_rollout_args(n_episodes: int | None, max_rollout_steps: int) -> None:
+    """Raise a ValueError naming the argument for a bad N-trajectory rollout argument."""
+    if n_episodes is not None and (not isinstance(n_episodes, int) or isinstance(n_episodes, bool) or n_episodes < 1):
+        raise ValueError(f"n_episodes must be None (rollouts of n_steps) or an integer >= 1, got {n_episodes!r}")
+    if not isinstance(max_rollout_steps, int) or isinstance(max_rollout_steps, bool) or max_rollout_steps < 1:
+        raise ValueError(f"max_rollout_steps must be an integer >= 1, got {max_rollout_steps!r}")
+
+
 def check_q_att(q_att_coef: float, action_space: spaces.Space) -> None:
     """Raise a ValueError for a negative Q_att coefficient, or a positive one without Discrete actions."""
     if q_att_coef < 0:

@@ -7,7 +7,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
-from stable_baselines3.common.utils import FloatSchedule, explained_variance
+from stable_baselines3.common.utils import FloatSchedule
 from torch.nn import functional as F
 
 from sb3_attn_ac.common.attention.buffers import segment_streams, take
@@ -76,6 +76,13 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         (``train/next_state_loss``; 0: off)
     :param rtg_coef: weight of a head predicting, at each masked position, the discounted reward-to-go over the
         next ``context_len`` steps of the episode (``train/rtg_loss``; 0: off)
+    :param n_episodes: N-trajectory rollouts: each rollout runs until N episodes have ended across the envs and
+        the update trains on those whole episodes, with Monte-Carlo discounted returns as value targets (and GAE
+        with ``gae_lambda`` as advantages: R - V at 1); unfinished episodes are kept whole for the next rollout.
+        ``n_steps`` is then unused. None (default): rollouts of ``n_steps`` as in SB3
+    :param max_rollout_steps: with ``n_episodes``, the most steps per env a rollout holds (unfinished episodes
+        included), which bounds memory; reaching it stops the rollout with a warning, or with an error when no
+        episode has ended
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -122,6 +129,8 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         q_att_loss_coef: float = 0.5,
         next_state_coef: float = 0.0,
         rtg_coef: float = 0.0,
+        n_episodes: int | None = None,
+        max_rollout_steps: int = 4096,
         _init_setup_model: bool = True,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 2:
@@ -166,8 +175,10 @@ class AttnPPO(AttnOnPolicyAlgorithm):
             q_att_loss_coef=q_att_loss_coef,
             next_state_coef=next_state_coef,
             rtg_coef=rtg_coef,
+            n_episodes=n_episodes,
+            max_rollout_steps=max_rollout_steps,
         )
-        if self.env is not None and (self.env.num_envs * n_steps) % batch_size > 0:
+        if n_episodes is None and self.env is not None and (self.env.num_envs * n_steps) % batch_size > 0:
             warnings.warn(
                 f"batch_size={batch_size} does not divide n_steps * n_envs = {self.env.num_envs * n_steps}: "
                 "the last minibatch of each epoch is smaller"
@@ -210,8 +221,10 @@ class AttnPPO(AttnOnPolicyAlgorithm):
 
         buffer, streams = self.rollout_buffer, self._rollout_streams
         assert streams is not None, "collect a rollout first"
-        n_minibatches = -(-buffer.buffer_size * buffer.n_envs // self.batch_size)  # as PPO: ceil(steps / batch)
-        segments = segment_streams(streams, self.segment_len(streams.index.shape[1] - streams.n_prefix, n_minibatches))
+        trained = buffer.flat_tensor(buffer.trained)
+        n_minibatches = -(-int(buffer.trained.sum()) // self.batch_size)  # as PPO: ceil(steps / batch)
+        segment_len = self.segment_len(streams.index.shape[1] - streams.n_prefix, n_minibatches)
+        segments = segment_streams(streams, segment_len, None if buffer.trained.all() else trained)
         n_segments = len(segments.index)
         n_minibatches = min(n_minibatches, n_segments)
         mask_ratio = self._masked_ratio
@@ -291,7 +304,7 @@ class AttnPPO(AttnOnPolicyAlgorithm):
             if not continue_training:
                 break
 
-        explained_var = explained_variance(buffer.values.flatten(), buffer.returns.flatten())
+        explained_var = buffer.explained_variance()
         self.logger.record("train/entropy_loss", np.mean(entropy_losses))
         self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
         self.logger.record("train/value_loss", np.mean(value_losses))

@@ -7,6 +7,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.utils import explained_variance
 
 from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, StreamSegments
 from sb3_attn_ac.common.torch_layers import TokenMeta
@@ -26,6 +27,12 @@ def take(observations: Any, rows: th.Tensor) -> Any:
     return tree_map(lambda o: o[rows], observations)
 
 
+def last_rows(before: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """The last ``n`` rows of ``before`` followed by ``rows`` (a copy)."""
+    joined = np.concatenate([before, rows])
+    return joined[len(joined) - n :].copy()
+
+
 class EpisodeBufferMixin:
     """The episode-keeping part of :class:`EpisodeRolloutBuffer` and :class:`DictEpisodeRolloutBuffer`.
 
@@ -34,7 +41,13 @@ class EpisodeBufferMixin:
     before the rollout (the critic's receptive field), so :meth:`streams` can give every step exactly the
     context it had while acting.
 
-    :param prefix_len: steps carried across rollouts (``n_layers * (context_len - 1)``)
+    With ``carry_unfinished`` (N-trajectory rollouts, ``n_episodes``) the update trains only on the episodes
+    that ended (:attr:`trained`); each env's unfinished episode stays in the buffer, whole, as the first rows
+    of the next rollout (right-aligned: rows before it are padding, :attr:`valid_rows` False), so it is
+    trained once it has ended. Returns are then Monte-Carlo returns (see :meth:`compute_returns_and_advantage`).
+
+    :param prefix_len: steps of context kept before the first row (``n_layers * (context_len - 1)``)
+    :param carry_unfinished: keep unfinished episodes for the next rollout instead of training on them
     """
 
     # Provided by SB3's buffers.
@@ -57,10 +70,13 @@ class EpisodeBufferMixin:
         gamma: float = 0.99,
         n_envs: int = 1,
         prefix_len: int = 0,
+        carry_unfinished: bool = False,
     ) -> None:
         if prefix_len < 0:
             raise ValueError(f"prefix_len must be >= 0, got {prefix_len}")
         self.prefix_len = prefix_len
+        self.carry_unfinished = carry_unfinished
+        self._carry: tuple[np.ndarray, dict[str, Any]] | None = None  # valid rows and data of unfinished episodes
         self._next_prefix: tuple[Obs, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._next_timestep = np.zeros(n_envs, dtype=np.int64)
         super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)  # type: ignore[call-arg]
@@ -69,6 +85,8 @@ class EpisodeBufferMixin:
         """Start a new rollout; the prefix becomes the tail of the previous one (see :meth:`finish_rollout`)."""
         super().reset()  # type: ignore[misc]
         self.timesteps = np.zeros((self.buffer_size, self.n_envs), dtype=np.int64)
+        self.valid_rows = np.zeros((self.buffer_size, self.n_envs), dtype=bool)
+        self.trained = np.zeros((0, self.n_envs), dtype=bool)  # set by finish_rollout()
         self.terminal_steps: list[int] = []
         self.terminal_envs: list[int] = []
         self.terminal_observations: list[Obs] = []
@@ -90,6 +108,23 @@ class EpisodeBufferMixin:
         ) = self._next_prefix
         self.last_observations: Obs | None = None
         self.last_episode_starts: np.ndarray | None = None
+        if self._carry is not None:
+            valid, data = self._carry
+            self.pos = len(valid)
+            self.full = self.pos == self.buffer_size
+            self.valid_rows[: self.pos] = valid
+            for name, rows in data.items():
+                tree_map(lambda array, carried: np.copyto(array[: len(carried)], carried), getattr(self, name), rows)
+            self._carry = None
+
+    _CARRIED = ("observations", "actions", "rewards", "episode_starts", "log_probs", "timesteps")
+
+    def discard_unfinished(self, envs: np.ndarray) -> None:
+        """Forget the carried steps of ``envs`` (their env was reset, so their episode will never end).
+
+        :param envs: (n_envs,) bool
+        """
+        self.valid_rows[: self.pos, np.asarray(envs, dtype=bool)] = False
 
     def add(
         self,
@@ -103,6 +138,7 @@ class EpisodeBufferMixin:
         """Add one step for every env (as SB3's ``add``); its index within the episode is tracked here."""
         timestep = self.next_timesteps(episode_start)
         self.timesteps[self.pos] = timestep
+        self.valid_rows[self.pos] = True
         self._next_timestep = timestep + 1
         super().add(obs, action, reward, episode_start, value, log_prob)  # type: ignore[misc]
 
@@ -115,20 +151,29 @@ class EpisodeBufferMixin:
         actions = self.flat_tensor(self.actions.astype(np.float32))  # type: ignore[attr-defined]
         return actions.long().flatten() if isinstance(self.action_space, spaces.Discrete) else actions  # type: ignore[attr-defined]
 
+    def explained_variance(self) -> float:
+        """SB3's explained variance of the stored values for the returns, over the trained steps."""
+        T = self.pos
+        return float(explained_variance(self.values[:T][self.trained], self.returns[:T][self.trained]))  # type: ignore[attr-defined]
+
     def next_timesteps(self, episode_starts: np.ndarray) -> np.ndarray:
         """Index within its episode of each env's current observation (0 where ``episode_starts``)."""
         return np.where(np.asarray(episode_starts, dtype=bool), 0, self._next_timestep)
 
-    def prefix_stream(self) -> tuple[th.Tensor | dict[str, th.Tensor], TokenMeta]:
-        """The carried prefix as streams: (E * P, *obs_shape) observations, row-major, and (E, P) metadata."""
-        E, P = self.n_envs, self.prefix_len
+    def context_stream(self) -> tuple[th.Tensor | dict[str, th.Tensor], TokenMeta]:
+        """The ``prefix_len`` steps before the next row (the acting context at the start of a rollout: the prefix,
+        or the end of a carried unfinished episode) as streams: (E * P, *obs_shape) observations, row-major, and
+        (E, P) metadata."""
+        E, P, T = self.n_envs, self.prefix_len, self.pos
+        context = lambda prefix, rows: last_rows(prefix, rows[:T], P)  # noqa: E731
         observations = tree_map(
-            lambda o: th.as_tensor(o.swapaxes(0, 1).reshape(E * P, *o.shape[2:]), device=self.device), self.prefix_observations
+            lambda o: th.as_tensor(o.swapaxes(0, 1).reshape(E * P, *o.shape[2:]), device=self.device),
+            tree_map(context, self.prefix_observations, self.observations),
         )
         meta = TokenMeta(
-            th.as_tensor(self.prefix_timesteps.T, device=self.device),
-            th.as_tensor(np.cumsum(self.prefix_episode_starts.T, axis=1), device=self.device),
-            th.as_tensor(self.prefix_valid.T, device=self.device),
+            th.as_tensor(context(self.prefix_timesteps, self.timesteps).T, device=self.device),
+            th.as_tensor(np.cumsum(context(self.prefix_episode_starts, self.episode_starts).T, axis=1), device=self.device),
+            th.as_tensor(context(self.prefix_valid, self.valid_rows).T, device=self.device),
         )
         return observations, meta
 
@@ -156,18 +201,67 @@ class EpisodeBufferMixin:
         )
         self.last_episode_starts = np.asarray(last_episode_starts, dtype=bool)
         self._next_timestep = np.where(self.last_episode_starts, 0, self._next_timestep)
-
-        def tail(prefix: np.ndarray, rollout: np.ndarray) -> np.ndarray:
-            joined = np.concatenate([prefix, rollout[:T]])
-            return joined[len(joined) - P :].copy()
-
+        if self.carry_unfinished:
+            self._carry_unfinished()
+            return
+        self.trained = self.valid_rows[:T].copy()
+        tail = lambda prefix, rollout: last_rows(prefix, rollout[:T], P)  # noqa: E731
         self._next_prefix = (
             tree_map(tail, self.prefix_observations, self.observations),
             tail(self.prefix_timesteps, self.timesteps),
             tail(self.prefix_episode_starts, self.episode_starts),
-            tail(self.prefix_valid, np.ones((T, self.n_envs), dtype=bool)),
+            tail(self.prefix_valid, self.valid_rows),
             tail(self.prefix_rewards, self.rewards),  # before any time-limit bootstrap is added to them
         )
+
+    def _carry_unfinished(self) -> None:
+        """Mark the ended episodes as :attr:`trained` and keep each env's unfinished one for the next rollout."""
+        assert self.last_episode_starts is not None
+        T = self.pos
+        starts = np.concatenate([self.episode_starts[:T].astype(bool), self.last_episode_starts[None]])  # (T + 1, E)
+        # Each env's unfinished episode begins at its last episode start (row T: the rollout ended an episode).
+        begins = T - np.argmax(starts[::-1], axis=0)
+        begins = np.where(starts.any(axis=0), begins, 0)
+        rows = np.arange(T)[:, None]
+        self.trained = self.valid_rows[:T] & (rows < begins)
+        lengths = T - begins
+        C = int(lengths.max())
+        # Right-aligned: env e's unfinished steps fill rows [C - lengths[e], C) of the next rollout.
+        dst_t, dst_e = np.nonzero(np.arange(C)[:, None] >= C - lengths)
+        src_t = begins[dst_e] + dst_t - (C - lengths[dst_e])
+
+        def carried(array: np.ndarray) -> np.ndarray:
+            out = np.zeros((C, *array.shape[1:]), dtype=array.dtype)
+            out[dst_t, dst_e] = array[src_t, dst_e]
+            return out
+
+        valid = carried(self.valid_rows)
+        self._carry = (valid, {name: tree_map(carried, getattr(self, name)) for name in self._CARRIED})
+        self._next_prefix = None  # the carried rows are the context: nothing before them is needed
+
+    def compute_returns_and_advantage(self, last_values: th.Tensor, dones: np.ndarray) -> None:
+        """GAE advantages over the rollout's rows; the returns are SB3's TD(lambda) ones (advantages + values),
+        or with ``carry_unfinished`` the Monte-Carlo discounted returns ``R_t = sum_k gamma^k r_{t+k}`` of the
+        ended episodes (time-limit truncations bootstrapped by the reward, see :meth:`add_terminal`); the
+        unfinished episodes' rows are not trained.
+
+        :param last_values: (n_envs,) value of the observation after the rollout
+        :param dones: whether that observation starts a new episode
+        """
+        if not self.carry_unfinished:
+            super().compute_returns_and_advantage(last_values, dones)  # type: ignore[misc]
+            return
+        T = self.pos
+        next_values = last_values.clone().cpu().numpy().flatten()
+        next_non_terminal = 1.0 - np.asarray(dones, dtype=np.float32)
+        advantage = np.zeros(self.n_envs, dtype=np.float32)
+        discounted = np.zeros(self.n_envs, dtype=np.float32)
+        for t in reversed(range(T)):
+            delta = self.rewards[t] + self.gamma * next_values * next_non_terminal - self.values[t]
+            advantage = delta + self.gamma * self.gae_lambda * next_non_terminal * advantage
+            discounted = self.rewards[t] + self.gamma * next_non_terminal * discounted
+            self.advantages[t], self.returns[t] = advantage, discounted
+            next_values, next_non_terminal = self.values[t], 1.0 - self.episode_starts[t]
 
     def streams(self) -> EpisodeStreams:
         """Lay the rollout out as one stream per env (see :class:`EpisodeStreams`); call after :meth:`finish_rollout`."""
@@ -201,8 +295,8 @@ class EpisodeBufferMixin:
         index[rows, cols] = P * E + np.arange(T)[:, None] * E + env
         timesteps[rows, cols] = self.timesteps[:T]
         starts[rows, cols] = self.episode_starts[:T]
-        valid[rows, cols] = True
-        rewards[rows, cols], known[rows, cols] = self.rewards[:T], True
+        valid[rows, cols] = self.valid_rows[:T]
+        rewards[rows, cols], known[rows, cols] = self.rewards[:T], self.valid_rows[:T]
         index[term_e, term_cols] = P * E + T * E + np.arange(n_term)
         timesteps[term_e, term_cols] = self.timesteps[term_t, term_e] + 1
         valid[term_e, term_cols] = known[term_e, term_cols] = True  # the episode ends there: nothing follows
@@ -237,20 +331,24 @@ class EpisodeBufferMixin:
         )
 
 
-def segment_streams(streams: EpisodeStreams, length: int) -> StreamSegments:
+def segment_streams(streams: EpisodeStreams, length: int, trained: th.Tensor | None = None) -> StreamSegments:
     """Cut each env's stream after the prefix into segments of ``length`` columns, each preceded by the
-    ``n_prefix`` columns before it as context, so every rollout step is trained exactly once per epoch with
-    exactly the context it had while acting. Segments with no rollout step are dropped.
+    ``n_prefix`` columns before it as context, so every trained rollout step is trained exactly once per epoch
+    with exactly the context it had while acting. Segments with no trained step are dropped.
 
     :param streams: a rollout's streams
     :param length: columns per segment
+    :param trained: (T * E,) time-major, which rollout steps are trained (None: all)
     """
     E, L = streams.index.shape
     T = streams.step_cols.shape[0]
     C = streams.n_prefix
     device = streams.index.device
     steps_at = th.full((E, L), -1, dtype=th.long, device=device)
-    steps_at[th.arange(E, device=device)[None, :], streams.step_cols] = th.arange(T * E, device=device).view(T, E)
+    flat = th.arange(T * E, device=device)
+    if trained is not None:
+        flat = th.where(trained, flat, -1)
+    steps_at[th.arange(E, device=device)[None, :], streams.step_cols] = flat.view(T, E)
     first = th.arange(C, L, length, device=device)  # (S,) first column of each segment
     cols = first[:, None] + th.arange(-C, length, device=device)  # (S, C + length)
     inside = (cols < L)[None].expand(E, -1, -1)  # (E, S, C + length)

@@ -1,5 +1,6 @@
 """Rollout collection shared by AttnA2C and AttnPPO: whole episodes, and one critic pass per rollout."""
 
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,7 +22,13 @@ from sb3_attn_ac.common.attention.policies import (
     AttnMultiInputActorCriticPolicy,
 )
 from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, MaskedPass, StreamValues
-from sb3_attn_ac.common.utils import check_attention_args, check_contrastive_args, check_q_att, check_spaces
+from sb3_attn_ac.common.utils import (
+    check_attention_args,
+    check_contrastive_args,
+    check_q_att,
+    check_rollout_args,
+    check_spaces,
+)
 
 # Algorithm arguments that are forwarded to the policy.
 POLICY_ARGS = (
@@ -43,6 +50,9 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
     While acting only the actor runs (it needs no context). At the end of a rollout the critic runs once over
     every env's stream (carried prefix + rollout + terminal observations of truncated episodes + the next
     observation), which gives the stored values, the time-limit bootstraps and the last values for GAE.
+
+    With ``n_episodes`` a rollout instead runs until that many episodes have ended across the envs; the update
+    trains on those whole episodes and the unfinished ones stay in the buffer for the next rollout.
 
     Parameters are :class:`~stable_baselines3.common.on_policy_algorithm.OnPolicyAlgorithm`'s, then those of
     :class:`AttnActorCriticPolicy` (``context_len`` ... ``key_momentum``) and of the contrastive loss
@@ -96,7 +106,10 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         q_att_loss_coef: float,
         next_state_coef: float,
         rtg_coef: float,
+        n_episodes: int | None,
+        max_rollout_steps: int,
     ) -> None:
+        check_rollout_args(n_episodes, max_rollout_steps)
         check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum)
         check_contrastive_args(ct_coef, ct_temperature, mask_ratio)
         for name, value in [
@@ -151,6 +164,8 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.q_att_loss_coef = q_att_loss_coef
         self.next_state_coef = next_state_coef
         self.rtg_coef = rtg_coef
+        self.n_episodes = n_episodes
+        self.max_rollout_steps = max_rollout_steps
 
     def _setup_model(self) -> None:
         # Everything below derives from saved attributes, so load() (which calls this after restoring them) agrees.
@@ -170,7 +185,11 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
                 f"got {self.rollout_buffer_class}"
             )
         # The buffer is built before the policy: its prefix (the critic's receptive field) comes from the arguments.
-        self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "prefix_len": self.n_layers * (self.context_len - 1)}
+        self.rollout_buffer_kwargs = {
+            **self.rollout_buffer_kwargs,
+            "prefix_len": self.n_layers * (self.context_len - 1),
+            "carry_unfinished": self.n_episodes is not None,
+        }
         self.policy_kwargs = {
             **self.policy_kwargs,
             **{name: getattr(self, name) for name in POLICY_ARGS},
@@ -178,6 +197,17 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
             "rtg_head": self.rtg_coef > 0,
         }
         super()._setup_model()
+        if self.n_episodes is not None:  # rows for the longest rollout, unfinished episodes included
+            self.rollout_buffer = self.rollout_buffer_class(
+                self.max_rollout_steps,
+                self.observation_space,  # type: ignore[arg-type]
+                self.action_space,
+                device=self.device,
+                gamma=self.gamma,
+                gae_lambda=self.gae_lambda,
+                n_envs=self.n_envs,
+                **self.rollout_buffer_kwargs,
+            )
         self._rollout_streams: EpisodeStreams | None = None
         self._rollout_values: StreamValues | None = None
 
@@ -200,7 +230,8 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         :param env: The training environment
         :param callback: Callback that will be called at each step (and at the beginning and end of the rollout)
         :param rollout_buffer: Buffer to fill with rollouts (an :class:`EpisodeRolloutBuffer`)
-        :param n_rollout_steps: Number of experiences to collect per environment
+        :param n_rollout_steps: Number of experiences to collect per environment (ignored with ``n_episodes``:
+            the rollout then runs until ``n_episodes`` episodes have ended)
         :return: True if function returned with at least `n_rollout_steps` collected,
             False if callback terminated rollout prematurely.
         """
@@ -215,13 +246,29 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         callback.on_rollout_start()
         no_values = th.zeros(env.num_envs)  # filled by the critic pass at the end of the rollout
         continue_training = True
+        # An env reset outside the loop (learn() with reset_num_timesteps) abandons its carried episode.
+        rollout_buffer.discard_unfinished(self._last_episode_starts)  # type: ignore[arg-type]
         if self.policy.uses_context:
-            # The actor reads the episode so far: rebuild each env's key/value cache from the carried prefix
+            # The actor reads the episode so far: rebuild each env's key/value cache from the carried context
             # with the current parameters, so acting sees exactly what the update will recompute.
             with th.no_grad():
-                cache = self.policy.cache_from_stream(*rollout_buffer.prefix_stream())
+                cache = self.policy.cache_from_stream(*rollout_buffer.context_stream())
+        n_ended = 0
 
-        while n_steps < n_rollout_steps:
+        while n_steps < n_rollout_steps if self.n_episodes is None else n_ended < self.n_episodes:
+            if self.n_episodes is not None and rollout_buffer.full:  # the buffer holds max_rollout_steps rows
+                if n_ended == 0:
+                    raise RuntimeError(
+                        f"no episode ended within max_rollout_steps={self.max_rollout_steps} steps per env "
+                        f"(n_episodes={self.n_episodes}): an episode longer than that can never be trained whole. "
+                        "Raise max_rollout_steps or give the env a time limit (gymnasium.wrappers.TimeLimit)."
+                    )
+                warnings.warn(
+                    f"rollout stopped at max_rollout_steps={self.max_rollout_steps} steps per env with {n_ended} of "
+                    f"n_episodes={self.n_episodes} episodes ended; training on those",
+                    stacklevel=2,
+                )
+                break
             if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
                 self.policy.reset_noise(env.num_envs)
 
@@ -253,6 +300,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
             # The env has moved on either way: record the step so the carried context stays continuous.
             self._update_info_buffer(infos, dones)
             n_steps += 1
+            n_ended += int(np.sum(dones))
             if isinstance(self.action_space, spaces.Discrete):
                 actions = actions.reshape(-1, 1)
             rollout_buffer.add(self._last_obs, actions, rewards, self._last_episode_starts, no_values, log_probs)  # type: ignore[arg-type]
@@ -283,7 +331,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         keep_graph = self._keep_value_graph()
         with th.set_grad_enabled(keep_graph):
             out = self._critic_pass(streams) if keep_graph else self.policy.evaluate_streams(streams)
-        rollout_buffer.values[:] = out.values.detach().cpu().numpy()  # type: ignore[attr-defined]
+        rollout_buffer.values[: rollout_buffer.pos] = out.values.detach().cpu().numpy()  # type: ignore[attr-defined]
         if len(streams.terminal_steps) > 0:
             terminal_values = out.terminal_values.detach().cpu().numpy()
             rollout_buffer.rewards[streams.terminal_steps, streams.terminal_envs.cpu().numpy()] += self.gamma * terminal_values  # type: ignore[attr-defined]

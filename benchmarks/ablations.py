@@ -1,0 +1,76 @@
+"""Ablations of AttnPPO on the partially observed tasks: each variant changes one thing in AttnPPO's rl-zoo3
+entry (``hyperparams/ppo_attn.yml``) and is trained and evaluated exactly as ``report.py`` does (``attn-zoo
+train``, 10 deterministic evaluation episodes every 10% of the budget). The "default" row is report.py's
+AttnPPO runs with the same seeds (``results/report.jsonl``).
+
+Variants: the contrastive loss off (``ct_coef=0``); a context-free critic and actor (``context_len=1``); the
+issue-6 options: Q_att action preferences (``q_att_coef=1``, Discrete actions only), the masked next-state and
+reward-to-go heads (``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts (``n_episodes=n_envs``).
+Resumable: every finished (variant, env, seed) is a JSON line in ``--out``.
+
+    python benchmarks/ablations.py --seeds 0 1 2
+    python benchmarks/ablations.py --aggregate-only
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import common  # one torch thread; must come first  # noqa: F401
+import gymnasium as gym
+import report
+import rl_zoo3.import_envs  # noqa: F401  (registers the NoVel envs)
+from gymnasium import spaces
+
+ALGO = "ppo_attn"
+
+
+def variants(entry: dict, env_id: str) -> dict[str, dict]:
+    """Each ablation's hyperparameter overrides for ``env_id`` (Q_att only for Discrete actions)."""
+    out = {
+        "ct_coef=0": dict(ct_coef=0.0),
+        "context_len=1": dict(context_len=1),
+        "next_state_coef=rtg_coef=0.1": dict(next_state_coef=0.1, rtg_coef=0.1),
+        "n_episodes=n_envs": dict(n_episodes=int(entry["n_envs"])),
+    }
+    if isinstance(gym.make(env_id).action_space, spaces.Discrete):
+        out["q_att_coef=1"] = dict(q_att_coef=1.0)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envs", nargs="+", default=["CartPoleNoVel-v1", "PendulumNoVel-v1"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--logs", type=Path, default=Path("logs/ablations"))
+    parser.add_argument("--aggregate-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=report.RESULTS / "ablations.jsonl")
+    parser.add_argument("--baseline", type=Path, default=report.RESULTS / "report.jsonl")
+    args = parser.parse_args()
+
+    read = lambda path: [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []  # noqa: E731
+    rows = read(args.out)
+    if not args.aggregate_only:
+        done = {(r["variant"], r["env"], r["seed"]) for r in rows}
+        for env_id in args.envs:
+            entry = report.hyperparams(ALGO, env_id)
+            for name, overrides in variants(entry, env_id).items():
+                for seed in args.seeds:
+                    if (name, env_id, seed) in done:
+                        continue
+                    logs = args.logs / name.replace("=", "_").replace(",", "_")
+                    row = {"variant": name, **report.train(ALGO, env_id, seed, logs, {**entry, **overrides})}
+                    rows.append(row)
+                    with args.out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(f"{name} {env_id} seed {seed}: final {row['eval_mean'][-1]:.1f} ({row['wall_s']:.0f} s)", flush=True)
+    seeds = {(r["env"], r["seed"]) for r in rows}
+    baseline = [
+        {**r, "variant": "default"} for r in read(args.baseline) if r["algo"] == ALGO and (r["env"], r["seed"]) in seeds
+    ]
+    labelled = [{**r, "algo": f"AttnPPO {r['variant']}"} for r in baseline + rows]
+    print(report.aggregate(labelled, args.out.parent, prefix="ablations"))
+
+
+if __name__ == "__main__":
+    main()
