@@ -14,8 +14,11 @@ import torch as th
 th.set_num_threads(1)
 
 
-def environment() -> dict[str, str | int]:
-    """Hardware and versions, written beside every result."""
+def environment(device: str = "cpu") -> dict[str, str | int]:
+    """Hardware and versions, written beside every result.
+
+    :param device: the torch device the result was measured on (a GPU's name is recorded for ``cuda``)
+    """
     cpu = platform.processor() or "unknown"
     try:
         lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
@@ -26,7 +29,7 @@ def environment() -> dict[str, str | int]:
         "cpu": cpu,
         "cores": os.cpu_count() or 0,
         "torch_threads": th.get_num_threads(),
-        "device": "cpu",
+        "device": th.cuda.get_device_name(th.device(device)) if th.device(device).type == "cuda" else "cpu",
         "python": platform.python_version(),
         **{name: version(name) for name in ["sb3-attn-ac", "stable-baselines3", "torch", "gymnasium", "numpy"]},
     }

@@ -54,16 +54,16 @@ def hyperparams(algo: str, env_id: str) -> dict:
     return dict(entries["default"])
 
 
-def train(algo: str, env_id: str, seed: int, logs: Path, entry: dict) -> dict:
-    """One run through attn-zoo with the hyperparameter ``entry``, evaluating 10 deterministic episodes every
-    10% of the budget."""
+def train(algo: str, env_id: str, seed: int, logs: Path, entry: dict, evaluations: int = 10) -> dict:
+    """One run through attn-zoo with the hyperparameter ``entry``, evaluating 10 deterministic episodes
+    ``evaluations`` times (every 10% of the budget by default; 1: at the end only)."""
     budget = int(float(entry["n_timesteps"]))
     conf = logs / f"{algo}_{env_id}.yml"
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(yaml.dump({env_id: entry}))
     folder = logs / f"seed{seed}"
     command = [sys.executable, "-m", "sb3_attn_ac.zoo", "train", "--algo", algo, "--env", env_id, "--seed", str(seed),
-               "-f", str(folder), "-conf", str(conf), "--eval-freq", str(budget // 10), "--eval-episodes", "10",
+               "-f", str(folder), "-conf", str(conf), "--eval-freq", str(budget // evaluations), "--eval-episodes", "10",
                "--n-eval-envs", "1", "--verbose", "0"]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
@@ -102,8 +102,9 @@ def aggregate(rows: list[dict], out_dir: Path, prefix: str = "report") -> str:
             steps = np.array(runs[0]["timesteps"][:n])
             iqm = lambda x: np.array([metrics.aggregate_iqm(x[..., i]) for i in range(x.shape[-1])])  # noqa: E731
             point, interval = rly.get_interval_estimates({algo: scores}, iqm, reps=2000, random_state=np.random.RandomState(0))
-            curves.plot(steps, point[algo], label=NAMES.get(algo, algo))
-            curves.fill_between(steps, interval[algo][0], interval[algo][1], alpha=0.2)
+            if n > 1:  # runs evaluated only at the end have no curve
+                curves.plot(steps, point[algo], label=NAMES.get(algo, algo))
+                curves.fill_between(steps, interval[algo][0], interval[algo][1], alpha=0.2)
             final = scores[:, :, -1]
             fp, fi = rly.get_interval_estimates({algo: final}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=2000,
                                                 random_state=np.random.RandomState(0))  # fmt: skip

@@ -6,6 +6,8 @@ evaluation time is excluded).
 
     python benchmarks/speed.py                      # full run (several minutes)
     python benchmarks/speed.py --pairs 2 --seeds 0  # quick look
+    python benchmarks/speed.py --device cuda --n-envs 128 --context-len 128 --skip-threshold \
+        --out benchmarks/results/speed_cuda.json    # GPU section: both algorithms on the GPU
 """
 
 import argparse
@@ -24,7 +26,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from sb3_attn_ac import AttnA2C
 
 ALGOS = {"A2C": A2C, "AttnA2C": AttnA2C}
-ENV_ID, N_ENVS = "CartPole-v1", 8
+ENV_ID = "CartPole-v1"
 EVAL_EVERY = 2_500  # timesteps between evaluations in the time-to-threshold runs
 
 
@@ -46,19 +48,26 @@ class Timers:
             setattr(model, name, timed)
 
 
-def fps_pairs(pairs: int, steps: int) -> list[dict]:
+def make_model(name: str, n_envs: int, seed: int, device: str, context_len: int) -> A2C | AttnA2C:
+    """A2C or AttnA2C with default arguments (AttnA2C with ``context_len``) on ``n_envs`` CartPole envs."""
+    env = make_vec_env(ENV_ID, n_envs=n_envs, seed=seed)
+    extra = dict(context_len=context_len) if name == "AttnA2C" else {}
+    return ALGOS[name]("MlpPolicy", env, seed=seed, device=device, **extra)
+
+
+def fps_pairs(pairs: int, steps: int, n_envs: int, device: str, context_len: int) -> list[dict]:
     """Alternate A2C and AttnA2C runs of ``steps`` timesteps; FPS and per-update breakdown of each."""
     results = []
     for pair in range(-1, pairs):  # pair -1 warms up (imports, allocator) and is not kept
         row = {}
-        for name, algo in ALGOS.items():
-            model = algo("MlpPolicy", make_vec_env(ENV_ID, n_envs=N_ENVS, seed=pair + 1), seed=pair + 1)
+        for name in ALGOS:
+            model = make_model(name, n_envs, pair + 1, device, context_len)
             parts = ["collect_rollouts", "train"] + (["_compute_rollout_values"] if name == "AttnA2C" else [])
             timers = Timers(model, parts)
             start = time.perf_counter()
             model.learn(steps)
             elapsed = time.perf_counter() - start
-            updates = steps // (N_ENVS * model.n_steps)
+            updates = steps // (n_envs * model.n_steps)
             row[name] = {
                 "fps": steps / elapsed,
                 "ms_per_update": {k: 1e3 * v / updates for k, v in timers.total.items()},
@@ -98,12 +107,14 @@ class TimeToThreshold(BaseCallback):
         return True
 
 
-def time_to_threshold(seeds: list[int], budget: int, threshold: float) -> dict[str, list[dict]]:
+def time_to_threshold(
+    seeds: list[int], budget: int, threshold: float, n_envs: int, device: str, context_len: int
+) -> dict[str, list[dict]]:
     results: dict[str, list[dict]] = {name: [] for name in ALGOS}
     for seed in seeds:
-        for name, algo in ALGOS.items():
-            model = algo("MlpPolicy", make_vec_env(ENV_ID, n_envs=N_ENVS, seed=seed), seed=seed)
-            callback = TimeToThreshold(threshold, eval_freq=EVAL_EVERY // N_ENVS, n_episodes=10, seed=seed)
+        for name in ALGOS:
+            model = make_model(name, n_envs, seed, device, context_len)
+            callback = TimeToThreshold(threshold, eval_freq=max(1, EVAL_EVERY // n_envs), n_episodes=10, seed=seed)
             model.learn(budget, callback=callback)
             steps, seconds = callback.reached or (None, None)
             results[name].append({"seed": seed, "steps": steps, "seconds": seconds, "curve": callback.curve})
@@ -119,10 +130,13 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=300_000, help="max timesteps per time-to-threshold run")
     parser.add_argument("--threshold", type=float, default=475.0)
     parser.add_argument("--skip-threshold", action="store_true", help="only measure the FPS ratio")
+    parser.add_argument("--device", default="cpu", help="torch device of both algorithms (cpu, cuda)")
+    parser.add_argument("--n-envs", type=int, default=8)
+    parser.add_argument("--context-len", type=int, default=16, help="AttnA2C's context_len")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "speed.json")
     args = parser.parse_args()
 
-    pairs = fps_pairs(args.pairs, args.steps)
+    pairs = fps_pairs(args.pairs, args.steps, args.n_envs, args.device, args.context_len)
     ratio = statistics.median(row["ratio"] for row in pairs)
     summary: dict = {"fps_ratio_median": ratio, "fps_pairs": pairs}
     print(f"\n(a) training FPS ratio AttnA2C / A2C (median of {args.pairs} pairs): {ratio:.3f}")
@@ -132,7 +146,7 @@ def main() -> None:
     print("    (AttnA2C's collect_rollouts includes _compute_rollout_values: the critic's pass over the streams)")
 
     if not args.skip_threshold:
-        runs = time_to_threshold(args.seeds, args.budget, args.threshold)
+        runs = time_to_threshold(args.seeds, args.budget, args.threshold, args.n_envs, args.device, args.context_len)
         summary["time_to_threshold"] = runs
         print(f"\n(b) training time to a mean evaluation return of {args.threshold:.0f} (median over seeds {args.seeds}):")
         for name, rows in runs.items():
@@ -145,14 +159,16 @@ def main() -> None:
 
     summary["config"] = {
         "env": ENV_ID,
-        "n_envs": N_ENVS,
+        "n_envs": args.n_envs,
+        "device": args.device,
+        "context_len": args.context_len,
         "steps_per_fps_run": args.steps,
         "seeds": args.seeds,
         "budget": args.budget,
         "threshold": args.threshold,
         "eval": f"10 deterministic episodes every {EVAL_EVERY} steps",
     }
-    summary["environment"] = common.environment()
+    summary["environment"] = common.environment(args.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1, default=float))
     print(f"\nsaved {args.out}")
