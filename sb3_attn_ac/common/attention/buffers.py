@@ -59,6 +59,8 @@ class EpisodeBufferMixin:
     observations: Obs
     episode_starts: np.ndarray
     obs_shape: Any
+    # What an unfinished episode carries into the next rollout (values, returns and advantages are recomputed).
+    _CARRIED = ("observations", "actions", "rewards", "episode_starts", "log_probs", "timesteps")
 
     def __init__(
         self,
@@ -82,7 +84,8 @@ class EpisodeBufferMixin:
         super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)  # type: ignore[call-arg]
 
     def reset(self) -> None:
-        """Start a new rollout; the prefix becomes the tail of the previous one (see :meth:`finish_rollout`)."""
+        """Start a new rollout: the prefix becomes the tail of the previous one, or with ``carry_unfinished`` the
+        unfinished episodes become its first rows (see :meth:`finish_rollout`)."""
         super().reset()  # type: ignore[misc]
         self.timesteps = np.zeros((self.buffer_size, self.n_envs), dtype=np.int64)
         self.valid_rows = np.zeros((self.buffer_size, self.n_envs), dtype=bool)
@@ -116,8 +119,6 @@ class EpisodeBufferMixin:
             for name, rows in data.items():
                 tree_map(lambda array, carried: np.copyto(array[: len(carried)], carried), getattr(self, name), rows)
             self._carry = None
-
-    _CARRIED = ("observations", "actions", "rewards", "episode_starts", "log_probs", "timesteps")
 
     def discard_unfinished(self, envs: np.ndarray) -> None:
         """Forget the carried steps of ``envs`` (their env was reset, so their episode will never end).
