@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import common  # one torch thread; must come first
@@ -84,6 +85,14 @@ def train(algo: str, env_id: str, seed: int, logs: Path, entry: dict, evaluation
     }
 
 
+def _estimates(algo: str, scores: np.ndarray, func: Callable[[np.ndarray], np.ndarray]) -> tuple[dict, dict]:
+    """rliable's point estimates and 95% stratified bootstrap intervals (2,000 resamples) of ``func``, reproducibly:
+    rliable 1.2 resamples from numpy's global generator (its ``random_state`` argument does not reach the
+    resampling), so the global generator is seeded before each call."""
+    np.random.seed(0)
+    return rly.get_interval_estimates({algo: scores}, func, reps=2000)
+
+
 def aggregate(rows: list[dict], out_dir: Path, prefix: str = "report") -> str:
     """IQM and 95% stratified bootstrap CIs per env and algorithm; writes one PNG per env (``prefix_<env>.png``);
     returns a markdown table."""
@@ -101,13 +110,12 @@ def aggregate(rows: list[dict], out_dir: Path, prefix: str = "report") -> str:
             scores = np.array([r["eval_mean"][:n] for r in runs])[:, None, :]  # (runs, tasks=1, evaluations)
             steps = np.array(runs[0]["timesteps"][:n])
             iqm = lambda x: np.array([metrics.aggregate_iqm(x[..., i]) for i in range(x.shape[-1])])  # noqa: E731
-            point, interval = rly.get_interval_estimates({algo: scores}, iqm, reps=2000, random_state=np.random.RandomState(0))
+            point, interval = _estimates(algo, scores, iqm)
             if n > 1:  # runs evaluated only at the end have no curve
                 curves.plot(steps, point[algo], label=NAMES.get(algo, algo))
                 curves.fill_between(steps, interval[algo][0], interval[algo][1], alpha=0.2)
             final = scores[:, :, -1]
-            fp, fi = rly.get_interval_estimates({algo: final}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=2000,
-                                                random_state=np.random.RandomState(0))  # fmt: skip
+            fp, fi = _estimates(algo, final, lambda x: np.array([metrics.aggregate_iqm(x)]))
             finals.append((fp[algo][0], fi[algo][:, 0]))
             labels.append(NAMES.get(algo, algo))
             per_seed = ", ".join(f"{x:.0f}" for x in final[:, 0])
