@@ -1,0 +1,39 @@
+"""The benchmark report's aggregation: interquartile means, reproducible bootstrap intervals, plots."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def aggregate(out: Path) -> str:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "report.py"), "--aggregate-only", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_report_aggregate_is_reproducible_iqm_with_plots(tmp_path) -> None:
+    finals = [13.0, 57.0, 230.0, 251.0, 310.0, 388.0, 470.0, 612.0, 804.0, 1000.0]  # IQM: mean of the middle 6, 377
+
+    def row(algo: str, seed: int, timesteps: list[int], eval_mean: list[float]) -> dict:
+        return {"algo": algo, "env": "CartPoleNoVel-v1", "seed": seed, "budget": 1000, "timesteps": timesteps,
+                "eval_mean": eval_mean}  # fmt: skip
+
+    rows = [row("ppo_attn", seed, [500, 1000], [0.0, final]) for seed, final in enumerate(finals)]
+    rows.append(row("ppo", 0, [1000], [7.0]))  # evaluated at the end only: a bar, no curve
+    out = tmp_path / "rows.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    first, second = aggregate(out), aggregate(out)
+    assert first == second  # the bootstrap intervals are seeded
+    lines = first.splitlines()
+    attn = next(line for line in lines if "| AttnPPO |" in line)
+    assert attn.startswith("| CartPoleNoVel-v1 | AttnPPO | 10 | 1e+03 | 377 [")
+    assert attn.endswith("| 13, 57, 230, 251, 310, 388, 470, 612, 804, 1000 |")
+    low, high = (float(x) for x in attn.split("[")[1].split("]")[0].split(", "))
+    assert 13 <= low < 377 < high <= 1000
+    assert "| CartPoleNoVel-v1 | PPO | 1 | 1e+03 | 7 [7, 7] | 7 |" in lines
+    assert (tmp_path / "report_CartPoleNoVel-v1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
