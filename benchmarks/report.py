@@ -85,12 +85,18 @@ def train(algo: str, env_id: str, seed: int, logs: Path, entry: dict, evaluation
     }
 
 
-def _estimates(algo: str, scores: np.ndarray, func: Callable[[np.ndarray], np.ndarray]) -> tuple[dict, dict]:
-    """rliable's point estimates and 95% stratified bootstrap intervals (2,000 resamples) of ``func``, reproducibly:
+def _estimates(scores: np.ndarray, func: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """rliable's point estimate and 95% stratified bootstrap interval (2,000 resamples) of ``func``, reproducibly:
     rliable 1.2 resamples from numpy's global generator (its ``random_state`` argument does not reach the
-    resampling), so the global generator is seeded before each call."""
+    resampling), so the global generator is seeded before each call.
+
+    :param scores: (runs, tasks, ...) scores
+    :param func: the aggregate, mapping scores to a 1-d array
+    :return: the point estimates and the (2, len) lower and upper bounds
+    """
     np.random.seed(0)
-    return rly.get_interval_estimates({algo: scores}, func, reps=2000)
+    point, interval = rly.get_interval_estimates({"scores": scores}, func, reps=2000)
+    return point["scores"], interval["scores"]
 
 
 def aggregate(rows: list[dict], out_dir: Path, prefix: str = "report") -> str:
@@ -110,17 +116,17 @@ def aggregate(rows: list[dict], out_dir: Path, prefix: str = "report") -> str:
             scores = np.array([r["eval_mean"][:n] for r in runs])[:, None, :]  # (runs, tasks=1, evaluations)
             steps = np.array(runs[0]["timesteps"][:n])
             iqm = lambda x: np.array([metrics.aggregate_iqm(x[..., i]) for i in range(x.shape[-1])])  # noqa: E731
-            point, interval = _estimates(algo, scores, iqm)
+            point, interval = _estimates(scores, iqm)
             if n > 1:  # runs evaluated only at the end have no curve
-                curves.plot(steps, point[algo], label=NAMES.get(algo, algo))
-                curves.fill_between(steps, interval[algo][0], interval[algo][1], alpha=0.2)
+                curves.plot(steps, point, label=NAMES.get(algo, algo))
+                curves.fill_between(steps, interval[0], interval[1], alpha=0.2)
             final = scores[:, :, -1]
-            fp, fi = _estimates(algo, final, lambda x: np.array([metrics.aggregate_iqm(x)]))
-            finals.append((fp[algo][0], fi[algo][:, 0]))
+            fp, fi = _estimates(final, lambda x: np.array([metrics.aggregate_iqm(x)]))
+            finals.append((fp[0], fi[:, 0]))
             labels.append(NAMES.get(algo, algo))
             per_seed = ", ".join(f"{x:.0f}" for x in final[:, 0])
             lines.append(f"| {env_id} | {NAMES.get(algo, algo)} | {len(runs)} | {runs[0]['budget']:.0e} "
-                         f"| {fp[algo][0]:.0f} [{fi[algo][0, 0]:.0f}, {fi[algo][1, 0]:.0f}] | {per_seed} |")  # fmt: skip
+                         f"| {fp[0]:.0f} [{fi[0, 0]:.0f}, {fi[1, 0]:.0f}] | {per_seed} |")  # fmt: skip
         curves.set_xlabel("timesteps")
         curves.set_ylabel("evaluation return (IQM over seeds, 95% CI)")
         curves.set_title(env_id)
