@@ -1,15 +1,19 @@
 """Ablations of AttnPPO on the partially observed tasks: each variant changes one thing in AttnPPO's rl-zoo3
 entry (``hyperparams/ppo_attn.yml``) and is trained and evaluated exactly as ``report.py`` does (``attn-zoo
 train``) with the same final evaluation (10 deterministic episodes at the end of the budget; no intermediate
-evaluations, which do not change training). The "default" row is report.py's AttnPPO runs with the same seeds
-(``results/report.jsonl``).
+evaluations, which do not change training). The ``default`` variant is the entry unchanged, run in the same
+script with the same seeds.
 
-Variants: the contrastive loss off (``ct_coef=0``); a context-free critic and actor (``context_len=1``); the
-issue-6 options: Q_att action preferences (``q_att_coef=1``, Discrete actions only), the masked next-state and
-reward-to-go heads (``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts (``n_episodes=n_envs``).
-Resumable: every finished (variant, env, seed) is a JSON line in ``--out``.
+Variants: the position encoding of sb3-attn-ac 0.1 (``position_encoding=absolute``: a sinusoidal embedding of
+the episode step instead of per-head offset biases and a start embedding); the contrastive loss off
+(``ct_coef=0``); a context-free critic and actor (``context_len=1``); the issue-6 options: Q_att action
+preferences (``q_att_coef=1``, Discrete actions only), the masked next-state and reward-to-go heads
+(``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts (``n_episodes=n_envs``).
+Resumable: every finished (variant, env, seed) is a JSON line in ``--out`` with the package version and commit
+it ran; only rows of the installed version are run again or aggregated (``--version`` shows another's).
 
     python benchmarks/ablations.py --seeds 0 1 2
+    python benchmarks/ablations.py --variants default position_encoding=absolute --seeds 100 101 102
     python benchmarks/ablations.py --aggregate-only
 """
 
@@ -23,12 +27,16 @@ import report
 import rl_zoo3.import_envs  # noqa: F401  (registers the NoVel envs)
 from gymnasium import spaces
 
+import sb3_attn_ac
+
 ALGO = "ppo_attn"
 
 
 def variants(entry: dict, env_id: str) -> dict[str, dict]:
     """Each ablation's hyperparameter overrides for ``env_id`` (Q_att only for Discrete actions)."""
     out = {
+        "default": {},
+        "position_encoding=absolute": dict(position_encoding="absolute"),
         "ct_coef=0": dict(ct_coef=0.0),
         "context_len=1": dict(context_len=1),
         "next_state_coef=rtg_coef=0.1": dict(next_state_coef=0.1, rtg_coef=0.1),
@@ -43,19 +51,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=["CartPoleNoVel-v1", "PendulumNoVel-v1"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", help="run only these variants (default: all)")
     parser.add_argument("--logs", type=Path, default=Path("logs/ablations"))
     parser.add_argument("--aggregate-only", action="store_true")
+    parser.add_argument("--version", default=sb3_attn_ac.__version__, help="aggregate the rows of this package version")
     parser.add_argument("--out", type=Path, default=report.RESULTS / "ablations.jsonl")
-    parser.add_argument("--baseline", type=Path, default=report.RESULTS / "report.jsonl")
     args = parser.parse_args()
 
-    read = lambda path: [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []  # noqa: E731
-    rows = read(args.out)
+    rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.exists() else []
+    rows = [r for r in rows if r["environment"]["sb3-attn-ac"] == args.version]
     if not args.aggregate_only:
         done = {(r["variant"], r["env"], r["seed"]) for r in rows}
         for env_id in args.envs:
             entry = report.hyperparams(ALGO, env_id)
             for name, overrides in variants(entry, env_id).items():
+                if args.variants and name not in args.variants:
+                    continue
                 for seed in args.seeds:
                     if (name, env_id, seed) in done:
                         continue
@@ -65,11 +76,7 @@ def main() -> None:
                     with args.out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(f"{name} {env_id} seed {seed}: final {row['eval_mean'][-1]:.1f} ({row['wall_s']:.0f} s)", flush=True)
-    seeds = {(r["env"], r["seed"]) for r in rows}
-    baseline = [
-        {**r, "variant": "default"} for r in read(args.baseline) if r["algo"] == ALGO and (r["env"], r["seed"]) in seeds
-    ]
-    labelled = [{**r, "algo": f"AttnPPO {r['variant']}"} for r in baseline + rows]
+    labelled = [{**r, "algo": f"AttnPPO {r['variant']}"} for r in rows if not args.variants or r["variant"] in args.variants]
     print(report.aggregate(labelled, args.out.parent, prefix="ablations"))
 
 

@@ -62,10 +62,12 @@ def test_select_masked_only_valid_and_ratio() -> None:
         (dict(dropout=1.0), "dropout"),
         (dict(key_encoder="ema"), r"key_encoder must be one of \('momentum', 'shared'\)"),
         (dict(key_momentum=1.0), "key_momentum"),
+        (dict(position_encoding="rotary"), r"position_encoding must be one of \('relative', 'absolute'\)"),
     ],
 )
 def test_check_attention_args(kwargs: dict, match: str) -> None:
     args = dict(context_len=4, n_layers=1, n_heads=2, d_model=8, dropout=0.0, key_encoder="momentum", key_momentum=0.9)
+    args["position_encoding"] = "relative"
     check_attention_args(**args)
     with pytest.raises(ValueError, match=match):
         check_attention_args(**{**args, **kwargs})

@@ -79,6 +79,9 @@ class AttnA2C(AttnOnPolicyAlgorithm):
     :param max_rollout_steps: with ``n_episodes``, the most steps per env a rollout holds (unfinished episodes
         included), which bounds memory; reaching it stops the rollout with a warning, or with an error when no
         episode has ended
+    :param position_encoding: ``"relative"`` (default): each attention head learns a bias per offset in its window
+        and each episode's first step carries a learned embedding; ``"absolute"``: a sinusoidal embedding of the
+        step's index in its episode (sb3-attn-ac 0.1; its saved models load with it)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -124,6 +127,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         rtg_coef: float = 0.0,
         n_episodes: int | None = None,
         max_rollout_steps: int = 4096,
+        position_encoding: str = "relative",
         _init_setup_model: bool = True,
     ) -> None:
         super().__init__(
@@ -164,6 +168,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
             rtg_coef=rtg_coef,
             n_episodes=n_episodes,
             max_rollout_steps=max_rollout_steps,
+            position_encoding=position_encoding,
         )
         self.normalize_advantage = normalize_advantage
         # As A2C: RMSprop (the original implementation) unless an optimizer is given; multi-tensor (foreach)

@@ -3,8 +3,13 @@
 Every layer lets a token attend to the tokens of its own episode at most ``context_len - 1`` steps away
 (only earlier ones in causal rows, both ways in the masked rows of the contrastive pass). A key j is allowed
 for the query i when it is valid, belongs to the same episode and ``0 <= ts_i - ts_j < K`` (causal) or
-``|ts_i - ts_j| < K`` (both ways), where ``ts`` is the step's index within its episode. Positions come from
-that index, so a token's keys and values never change once computed.
+``|ts_i - ts_j| < K`` (both ways), where ``ts`` is the step's index within its episode.
+
+Positions are relative: each head adds a learned bias per offset ``ts_i - ts_j`` to its attention scores
+(:class:`WindowAttention`), and the first step of every episode carries a learned start embedding
+(:class:`EpisodeStartEmbedding`). Keys and values hold no position, so a cached step's keys and values never
+change as the window slides. (The sinusoidal embedding of the absolute episode step, :class:`SinusoidalPositions`,
+is what models saved by sb3-attn-ac 0.1 use.)
 
 Long streams are cut into chunks of K queries, each attending to a window of ``W = left + K + right`` keys, so
 the cost is linear in the stream length (short streams, where it is cheaper, use one dense window)::
@@ -68,13 +73,29 @@ class Band:
         # A padding query attends to everything so that no softmax row is empty; its output is discarded.
         self.allowed = allowed | ~q_valid[..., :, None]  # (B, nC, C, W)
         self.attn_mask = self.allowed[:, None]  # (B, 1, nC, C, W): broadcast over heads
+        # Index of each key's offset ts_i - ts_j in a per-head table of 2K - 1 offset biases (outside the band: masked).
+        self.offsets = (delta.clamp(1 - context_len, context_len - 1) + context_len - 1).flatten()  # (B * nC * C * W,)
 
     def select(self, rows: th.Tensor) -> "Band":
         """The same layout for a subset of the rows (e.g. a minibatch of a band built once per epoch)."""
         band = copy.copy(self)
         band.allowed = self.allowed[rows]
         band.attn_mask = band.allowed[:, None]
+        band.offsets = self.offsets.view(*self.allowed.shape)[rows].flatten()
         return band
+
+    def scores_mask(self, offset_bias: th.Tensor | None) -> th.Tensor:
+        """The ``attn_mask`` of one layer: the boolean band, or (with relative positions) each head's offset bias
+        on the allowed keys and -inf elsewhere.
+
+        :param offset_bias: (H, 2K - 1) bias per head and offset ``ts_i - ts_j`` (from -(K - 1) to K - 1), or None
+        :return: (B, 1, nC, C, W) bool or (B, H, nC, C, W) float
+        """
+        if offset_bias is None:
+            return self.attn_mask
+        H = offset_bias.shape[0]
+        bias = offset_bias[:, self.offsets].view(H, *self.allowed.shape).transpose(0, 1)  # (B, H, nC, C, W)
+        return bias.masked_fill(~self.attn_mask, float("-inf"))
 
     def queries(self, z: th.Tensor) -> th.Tensor:
         """(B, H, T, d) -> (B, H, nC, C, d), zero-padded at the end."""
@@ -100,18 +121,35 @@ class Band:
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside a :class:`Band` (``F.scaled_dot_product_attention``).
 
+    With ``relative_positions`` each head adds a learned bias b[h, ts_i - ts_j] to its scores (as T5 / ALiBi,
+    one entry per offset in the window, both signs for the rows that look ahead). The bias starts at zero and is
+    stored divided by :attr:`OFFSET_BIAS_SCALE`: Adam's steps are about the learning rate per parameter whatever
+    the gradient's size, so the scale lets *where* a head looks move that many times faster than *what* it reads
+    (at PPO's step sizes an unscaled bias learned offset recall several times more slowly).
+
     :param d_model: token width
     :param n_heads: number of heads (must divide ``d_model``)
     :param dropout: dropout on attention weights and output
+    :param context_len: K, the attention window
+    :param relative_positions: learn a bias per head and offset
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+    OFFSET_BIAS_SCALE = 10.0
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float, context_len: int, relative_positions: bool) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
         self.dropout = dropout
         self.resid_dropout = dropout_layer(dropout)
+        self.context_len = context_len
+        self.offset_bias_raw = nn.Parameter(th.zeros(n_heads, 2 * context_len - 1)) if relative_positions else None
+
+    @property
+    def offset_bias(self) -> th.Tensor | None:
+        """(H, 2K - 1) score bias per head and offset ``ts_i - ts_j`` + K - 1 (None without relative positions)."""
+        return None if self.offset_bias_raw is None else self.OFFSET_BIAS_SCALE * self.offset_bias_raw
 
     def forward(self, x: th.Tensor, band: Band) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """(B, T, D) -> (B, T, D) output, and this layer's keys and values, each (B, H, T, d)."""
@@ -122,7 +160,7 @@ class WindowAttention(nn.Module):
             band.queries(q),  # (B, H, nC, C, d)
             band.windows(k),  # (B, H, nC, W, d)
             band.windows(v),
-            attn_mask=band.attn_mask,
+            attn_mask=band.scores_mask(self.offset_bias),
             dropout_p=self.dropout if self.training else 0.0,
         )
         return self.resid_dropout(self.proj(band.merge(y))), k, v
@@ -138,7 +176,8 @@ class WindowAttention(nn.Module):
         H = self.n_heads
         q, k, _ = self.qkv(x).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)
         scores = band.queries(q) @ band.windows(k).transpose(-1, -2) / math.sqrt(D // H)  # (B, H, nC, C, W)
-        weights = scores.masked_fill(~band.attn_mask, float("-inf")).softmax(dim=-1)
+        mask = band.scores_mask(self.offset_bias)
+        weights = (scores + mask if mask.is_floating_point() else scores.masked_fill(~mask, float("-inf"))).softmax(dim=-1)
         C, W = band.chunk, band.width
         dense = weights.new_zeros(B, H, band.n_chunks * C, band.n_chunks * C + band.left + band.right)
         for c in range(band.n_chunks):  # chunk c's window starts at key c * C in left-padded coordinates
@@ -160,6 +199,10 @@ class WindowAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, 3, self.n_heads, 1, D // self.n_heads).unbind(1)  # each (B, H, 1, d)
         keys, values = th.cat([keys, k], dim=2), th.cat([values, v], dim=2)
         mask = F.pad(valid, (0, 1), value=True)[:, None, None]  # (B, 1, 1, K)
+        bias = self.offset_bias
+        if bias is not None:  # slot j of the K holds the step K - 1 - j steps back: offsets K - 1 ... 0
+            K = self.context_len
+            mask = bias[:, K - 1 :].flip(-1)[None, :, None].masked_fill(~mask, float("-inf"))  # (B, H, 1, K)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H, 1, d)
         return self.proj(y.reshape(B, D)), keys, values
 
@@ -170,10 +213,10 @@ class Block(nn.Module):
     The MLP uses ReLU (as GTrXL): on one CPU thread GELU costs three times as much for no gain here.
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+    def __init__(self, d_model: int, n_heads: int, dropout: float, context_len: int, relative_positions: bool) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(d_model)
-        self.attn = WindowAttention(d_model, n_heads, dropout)
+        self.attn = WindowAttention(d_model, n_heads, dropout, context_len, relative_positions)
         self.ln_2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(
             nn.Linear(d_model, 2 * d_model), nn.ReLU(), nn.Linear(2 * d_model, d_model), dropout_layer(dropout)
@@ -202,12 +245,15 @@ class EpisodeTransformer(nn.Module):
     :param n_heads: attention heads per block
     :param context_len: K, each layer's attention window (the token itself and K - 1 neighbours)
     :param dropout: dropout rate
+    :param relative_positions: each head learns a bias per offset in the window (see :class:`WindowAttention`)
     """
 
-    def __init__(self, d_model: int, n_layers: int, n_heads: int, context_len: int, dropout: float) -> None:
+    def __init__(
+        self, d_model: int, n_layers: int, n_heads: int, context_len: int, dropout: float, relative_positions: bool = True
+    ) -> None:
         super().__init__()
         self.context_len = context_len
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout, context_len, relative_positions) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.apply(self._init_weights)
         # GPT-2's scaled init of the residual projections (1 / sqrt(2 * n_layers)).
@@ -229,7 +275,7 @@ class EpisodeTransformer(nn.Module):
 
     def forward(self, x: th.Tensor, band: Band) -> th.Tensor:
         """
-        :param x: (B, T, D) input tokens (embedding + position)
+        :param x: (B, T, D) input tokens (embedding + position embedding)
         :param band: layout and mask built from the tokens' metadata
         :return: (B, T, D) outputs
         """
@@ -241,7 +287,7 @@ class EpisodeTransformer(nn.Module):
         """Every layer's attention weights for :meth:`forward`'s inputs, each (B, H, T, T): row i holds how
         much step i attends to each step (zero outside its window and episode). Diagnostics only.
 
-        :param x: (B, T, D) input tokens (embedding + position)
+        :param x: (B, T, D) input tokens (embedding + position embedding)
         :param band: layout and mask
         """
         weights = []
@@ -318,3 +364,19 @@ class SinusoidalPositions(nn.Module):
         angles = timesteps.to(self.freqs.dtype)[..., None] * self.freqs
         out = th.cat([angles.sin(), angles.cos()], dim=-1)
         return F.pad(out, (0, self.d_model - out.shape[-1]))
+
+
+class EpisodeStartEmbedding(nn.Module):
+    """A learned embedding added to the first step of every episode, nothing elsewhere: with relative positions
+    (offset biases) it is what tells a step where its episode began, without blurring later steps' tokens.
+
+    :param d_model: embedding width
+    """
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.start = nn.Parameter(0.02 * th.randn(d_model))  # the scale of the token embedding's init
+
+    def forward(self, timesteps: th.Tensor) -> th.Tensor:
+        """(...,) integer timesteps -> (..., d_model)."""
+        return (timesteps == 0).to(self.start.dtype)[..., None] * self.start

@@ -5,6 +5,7 @@ from gymnasium import spaces
 from torch.nn import functional as F
 
 KEY_ENCODERS = ("momentum", "shared")
+POSITION_ENCODINGS = ("relative", "absolute")
 SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 
@@ -79,6 +80,7 @@ def check_attention_args(
     dropout: float,
     key_encoder: str,
     key_momentum: float,
+    position_encoding: str,
 ) -> None:
     """Raise a ValueError naming the argument and its accepted values for a bad architecture argument."""
     if not isinstance(context_len, int) or context_len < 1:
@@ -95,6 +97,8 @@ def check_attention_args(
         raise ValueError(f"key_encoder must be one of {KEY_ENCODERS}, got {key_encoder!r}")
     if not 0.0 <= key_momentum < 1.0:
         raise ValueError(f"key_momentum must be in [0, 1), got {key_momentum!r}")
+    if position_encoding not in POSITION_ENCODINGS:
+        raise ValueError(f"position_encoding must be one of {POSITION_ENCODINGS}, got {position_encoding!r}")
 
 
 def check_contrastive_args(ct_coef: float, ct_temperature: float, mask_ratio: float) -> None:

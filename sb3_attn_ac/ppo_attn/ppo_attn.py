@@ -83,6 +83,9 @@ class AttnPPO(AttnOnPolicyAlgorithm):
     :param max_rollout_steps: with ``n_episodes``, the most steps per env a rollout holds (unfinished episodes
         included), which bounds memory; reaching it stops the rollout with a warning, or with an error when no
         episode has ended
+    :param position_encoding: ``"relative"`` (default): each attention head learns a bias per offset in its window
+        and each episode's first step carries a learned embedding; ``"absolute"``: a sinusoidal embedding of the
+        step's index in its episode (sb3-attn-ac 0.1; its saved models load with it)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -131,6 +134,7 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         rtg_coef: float = 0.0,
         n_episodes: int | None = None,
         max_rollout_steps: int = 4096,
+        position_encoding: str = "relative",
         _init_setup_model: bool = True,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 2:
@@ -177,6 +181,7 @@ class AttnPPO(AttnOnPolicyAlgorithm):
             rtg_coef=rtg_coef,
             n_episodes=n_episodes,
             max_rollout_steps=max_rollout_steps,
+            position_encoding=position_encoding,
         )
         if n_episodes is None and self.env is not None and (self.env.num_envs * n_steps) % batch_size > 0:
             warnings.warn(

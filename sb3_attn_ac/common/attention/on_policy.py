@@ -41,6 +41,7 @@ POLICY_ARGS = (
     "key_momentum",
     "actor_context",
     "q_att_coef",
+    "position_encoding",
 )
 
 
@@ -108,9 +109,10 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         rtg_coef: float,
         n_episodes: int | None,
         max_rollout_steps: int,
+        position_encoding: str,
     ) -> None:
         check_rollout_args(n_episodes, max_rollout_steps)
-        check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum)
+        check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum, position_encoding)
         check_contrastive_args(ct_coef, ct_temperature, mask_ratio)
         for name, value in [
             ("q_att_loss_coef", q_att_loss_coef),
@@ -166,6 +168,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.rtg_coef = rtg_coef
         self.n_episodes = n_episodes
         self.max_rollout_steps = max_rollout_steps
+        self.position_encoding = position_encoding
 
     def _setup_model(self) -> None:
         # Everything below derives from saved attributes, so load() (which calls this after restoring them) agrees.

@@ -21,7 +21,14 @@ from torch.nn import functional as F
 
 from sb3_attn_ac.common.attention.buffers import take
 from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, MaskedPass, StreamValues
-from sb3_attn_ac.common.torch_layers import Band, EpisodeTransformer, KVCache, SinusoidalPositions, TokenMeta
+from sb3_attn_ac.common.torch_layers import (
+    Band,
+    EpisodeStartEmbedding,
+    EpisodeTransformer,
+    KVCache,
+    SinusoidalPositions,
+    TokenMeta,
+)
 from sb3_attn_ac.common.utils import (
     check_attention_args,
     check_q_att,
@@ -41,9 +48,10 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
     """Actor-critic policy with SB3's MLP actor and a transformer critic over the episode so far.
 
     The actor is SB3's: features extractor, ``net_arch["pi"]`` MLP, action distribution. The critic embeds
-    each step's features as a token (plus a sinusoidal embedding of the step's index within its episode),
-    runs a causal transformer whose layers attend to the last ``context_len`` steps of the same episode, and
-    reads V(s_t) from the output at t through the ``net_arch["vf"]`` MLP and a linear head.
+    each step's features as a token, runs a causal transformer whose layers attend to the last ``context_len``
+    steps of the same episode (each head with a learned bias per offset; the first step of an episode carries a
+    learned start embedding), and reads V(s_t) from the output at t through the ``net_arch["vf"]`` MLP and a
+    linear head.
 
     Parameters up to ``optimizer_kwargs`` are those of
     :class:`~stable_baselines3.common.policies.ActorCriticPolicy`.
@@ -86,6 +94,9 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         transformer while acting (same incremental path and ``predict`` state).
     :param next_state_head: a head predicting, at masked positions, the next step's features
     :param rtg_head: a head predicting, at masked positions, the discounted reward-to-go within the window
+    :param position_encoding: ``"relative"``: a learned attention bias per head and offset in the window, and a
+        learned embedding of each episode's first step; ``"absolute"``: a sinusoidal embedding of the step's index
+        in its episode added to its token (sb3-attn-ac 0.1, which its saved models use)
     """
 
     def __init__(
@@ -118,10 +129,11 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         q_att_coef: float = 0.0,
         next_state_head: bool = False,
         rtg_head: bool = False,
+        position_encoding: str = "relative",
     ) -> None:
         check_spaces(observation_space, action_space)
         check_q_att(q_att_coef, action_space)
-        check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum)
+        check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum, position_encoding)
         # Set before super().__init__(), whose _build() creates the transformer.
         self.context_len = context_len
         self.n_layers = n_layers
@@ -134,6 +146,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.q_att_coef = q_att_coef
         self.next_state_head = next_state_head
         self.rtg_head = rtg_head
+        self.position_encoding = position_encoding
         if net_arch is None:
             # SB3's actor; the critic's body is the transformer (its blocks hold MLPs), read by a linear head.
             net_arch = [] if features_extractor_class == NatureCNN else dict(pi=[64, 64], vf=[])
@@ -171,6 +184,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             q_att_coef=self.q_att_coef,
             next_state_head=self.next_state_head,
             rtg_head=self.rtg_head,
+            position_encoding=self.position_encoding,
             share_features_extractor=self.share_features_extractor,
             normalize_images=self.normalize_images,
         )
@@ -190,8 +204,11 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             self.mlp_extractor.policy_net = actor_mlp.policy_net
             self.mlp_extractor.latent_dim_pi = actor_mlp.latent_dim_pi
         self.token_embedding = nn.Linear(self.features_dim, self.d_model)
-        self.positions = SinusoidalPositions(self.d_model)
-        self.transformer = EpisodeTransformer(self.d_model, self.n_layers, self.n_heads, self.context_len, self.dropout)
+        relative = self.position_encoding == "relative"
+        self.positions = EpisodeStartEmbedding(self.d_model) if relative else SinusoidalPositions(self.d_model)
+        self.transformer = EpisodeTransformer(
+            self.d_model, self.n_layers, self.n_heads, self.context_len, self.dropout, relative_positions=relative
+        )
         # Masked-contrastive parts: the learned [MASK] token, the query head and the key encoder.
         self.mask_embedding = nn.Parameter(0.02 * th.randn(self.d_model))
         self.query_head = nn.Linear(self.d_model, self.d_model)
