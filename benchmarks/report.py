@@ -7,7 +7,8 @@ Hyperparameters: ours from ``hyperparams/``, the baselines' from rl-zoo3's own f
 env with observation normalisation (A2C and PPO have no NoVel entries); one without an entry for a fully
 observed env uses its NoVel entry if any (RecurrentPPO on CartPole-v1: its tuned CartPoleNoVel-v1 settings),
 else rl-zoo3's ``default``.
-Runs are resumable: every finished (algo, env, seed) is one JSON line in ``--out`` and is skipped next time.
+Runs are resumable: every finished (algo, env, seed) is one JSON line in ``--out`` and is skipped next time; our
+algorithms' rows count only for the package version that ran them (``--version`` shows an older one's).
 
     python benchmarks/report.py --envs CartPole-v1 --algos a2c a2c_attn ppo ppo_attn --seeds 0 1 2 3 4
     python benchmarks/report.py --aggregate-only
@@ -29,6 +30,7 @@ import yaml
 from rliable import library as rly
 from rliable import metrics
 
+import sb3_attn_ac
 from sb3_attn_ac import zoo
 
 matplotlib.use("Agg")
@@ -36,6 +38,8 @@ import matplotlib.pyplot as plt
 
 RESULTS = Path(__file__).parent / "results"
 ZOO_HYPERPARAMS = Path(zoo.__file__).parent / "hyperparams"
+# Returns whose first reach the report states (steps to the first evaluation at or above it).
+REACH = {"CartPole-v1": 475, "CartPoleNoVel-v1": 475}
 NAMES = {"a2c": "A2C", "a2c_attn": "AttnA2C", "ppo": "PPO", "ppo_attn": "AttnPPO", "ppo_lstm": "RecurrentPPO"}
 
 
@@ -99,12 +103,30 @@ def _estimates(scores: np.ndarray, func: Callable[[np.ndarray], np.ndarray]) -> 
     return point["scores"], interval["scores"]
 
 
+def first_reach(timesteps: list[int], returns: list[float], level: float) -> str:
+    """The timestep of the first evaluation at or above ``level`` ("-" if none)."""
+    return next((f"{t:.0e}" for t, x in zip(timesteps, returns) if x >= level), "-")
+
+
+def holds(returns: list[float]) -> bool:
+    """Whether every evaluation in the last 20% of a curve is within 10% of the curve's best (no collapse)."""
+    best = max(returns)
+    return min(returns[-max(1, len(returns) // 5) :]) >= best - 0.1 * abs(best)
+
+
+def current(rows: list[dict], version: str) -> list[dict]:
+    """The rows of our algorithms that ``version`` of the package ran, and every baseline row."""
+    return [r for r in rows if r["algo"] not in zoo.ALGOS or r["environment"]["sb3-attn-ac"] == version]
+
+
 def aggregate(rows: list[dict], out_dir: Path, prefix: str = "report") -> str:
     """IQM and 95% stratified bootstrap CIs per env and algorithm; writes one PNG per env (``prefix_<env>.png``);
-    returns a markdown table."""
+    returns a markdown table (with each seed's first evaluation at the env's :data:`REACH` level, and how many
+    seeds' curves :func:`holds`)."""
     lines = [
-        "| env | algorithm | seeds | budget | final IQM [95% CI] | final mean per seed |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| env | algorithm | seeds | budget | final IQM [95% CI] | final mean per seed | first >= REACH, per seed "
+        "| seeds holding |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for env_id in dict.fromkeys(r["env"] for r in rows):
         env_rows = [r for r in rows if r["env"] == env_id]
@@ -125,8 +147,14 @@ def aggregate(rows: list[dict], out_dir: Path, prefix: str = "report") -> str:
             finals.append((fp[0], fi[:, 0]))
             labels.append(NAMES.get(algo, algo))
             per_seed = ", ".join(f"{x:.0f}" for x in final[:, 0])
+            reach = "-"
+            if env_id in REACH and n > 1:
+                reach = f"{REACH[env_id]}: " + ", ".join(
+                    first_reach(r["timesteps"], r["eval_mean"], REACH[env_id]) for r in runs
+                )
+            held = f"{sum(holds(r['eval_mean'][:n]) for r in runs)}/{len(runs)}" if n > 1 else "-"
             lines.append(f"| {env_id} | {NAMES.get(algo, algo)} | {len(runs)} | {runs[0]['budget']:.0e} "
-                         f"| {fp[0]:.0f} [{fi[0, 0]:.0f}, {fi[1, 0]:.0f}] | {per_seed} |")  # fmt: skip
+                         f"| {fp[0]:.0f} [{fi[0, 0]:.0f}, {fi[1, 0]:.0f}] | {per_seed} | {reach} | {held} |")  # fmt: skip
         curves.set_xlabel("timesteps")
         curves.set_ylabel("evaluation return (IQM over seeds, 95% CI)")
         curves.set_title(env_id)
@@ -149,10 +177,12 @@ def main() -> None:
     parser.add_argument("--logs", type=Path, default=Path("logs/report"))
     parser.add_argument("--aggregate-only", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "report.jsonl")
+    parser.add_argument("--version", default=sb3_attn_ac.__version__, help="aggregate our algorithms' rows of this version")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.exists() else []
+    rows = current(rows, args.version)  # older versions' rows of our algorithms stay in the file as history
     if not args.aggregate_only:
         done = {(r["algo"], r["env"], r["seed"]) for r in rows}
         for env_id in args.envs:

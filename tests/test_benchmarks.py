@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sb3_attn_ac import __version__
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,12 +20,15 @@ def aggregate(out: Path) -> str:
 def test_report_aggregate_is_reproducible_iqm_with_plots(tmp_path) -> None:
     finals = [13.0, 57.0, 230.0, 251.0, 310.0, 388.0, 470.0, 612.0, 804.0, 1000.0]  # IQM: mean of the middle 6, 377
 
-    def row(algo: str, seed: int, timesteps: list[int], eval_mean: list[float]) -> dict:
+    def row(algo: str, seed: int, timesteps: list[int], eval_mean: list[float], version: str = __version__) -> dict:
         return {"algo": algo, "env": "CartPoleNoVel-v1", "seed": seed, "budget": 1000, "timesteps": timesteps,
-                "eval_mean": eval_mean}  # fmt: skip
+                "eval_mean": eval_mean, "environment": {"sb3-attn-ac": version}}  # fmt: skip
 
     rows = [row("ppo_attn", seed, [500, 1000], [0.0, final]) for seed, final in enumerate(finals)]
-    rows.append(row("ppo", 0, [1000], [7.0]))  # evaluated at the end only: a bar, no curve
+    rows.append(row("ppo", 0, [1000], [7.0], version="0.0.1"))  # evaluated at the end only: a bar, no curve
+    rows.append(row("ppo_attn", 10, [500, 1000], [500.0, 500.0], version="0.0.1"))  # an older release's: left out
+    rows.append(row("a2c_attn", 0, [250, 500, 750, 1000], [480.0, 500.0, 500.0, 400.0]))  # reaches 475, then drops
+    rows.append(row("a2c_attn", 1, [250, 500, 750, 1000], [100.0, 200.0, 460.0, 470.0]))  # never reaches, holds
     out = tmp_path / "rows.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -32,8 +37,12 @@ def test_report_aggregate_is_reproducible_iqm_with_plots(tmp_path) -> None:
     lines = first.splitlines()
     attn = next(line for line in lines if "| AttnPPO |" in line)
     assert attn.startswith("| CartPoleNoVel-v1 | AttnPPO | 10 | 1e+03 | 377 [")
-    assert attn.endswith("| 13, 57, 230, 251, 310, 388, 470, 612, 804, 1000 |")
+    assert attn.endswith(
+        "| 13, 57, 230, 251, 310, 388, 470, 612, 804, 1000 | 475: -, -, -, -, -, -, -, 1e+03, 1e+03, 1e+03 | 10/10 |"
+    )
+    a2c = next(line for line in lines if "| AttnA2C |" in line)
+    assert a2c.endswith("| 400, 470 | 475: 2e+02, - | 1/2 |")
     low, high = (float(x) for x in attn.split("[")[1].split("]")[0].split(", "))
     assert 13 <= low < 377 < high <= 1000
-    assert "| CartPoleNoVel-v1 | PPO | 1 | 1e+03 | 7 [7, 7] | 7 |" in lines
+    assert "| CartPoleNoVel-v1 | PPO | 1 | 1e+03 | 7 [7, 7] | 7 | - | - |" in lines
     assert (tmp_path / "report_CartPoleNoVel-v1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

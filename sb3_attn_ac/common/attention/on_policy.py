@@ -1,7 +1,9 @@
 """Rollout collection shared by AttnA2C and AttnPPO: whole episodes, and one critic pass per rollout."""
 
+import io
+import pathlib
 import warnings
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
@@ -10,6 +12,7 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
@@ -29,6 +32,8 @@ from sb3_attn_ac.common.utils import (
     check_rollout_args,
     check_spaces,
 )
+
+SelfAttnOnPolicyAlgorithm = TypeVar("SelfAttnOnPolicyAlgorithm", bound="AttnOnPolicyAlgorithm")
 
 # Algorithm arguments that are forwarded to the policy.
 POLICY_ARGS = (
@@ -213,6 +218,27 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
             )
         self._rollout_streams: EpisodeStreams | None = None
         self._rollout_values: StreamValues | None = None
+
+    @classmethod
+    def load(
+        cls: type[SelfAttnOnPolicyAlgorithm],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfAttnOnPolicyAlgorithm:
+        """SB3's :meth:`~stable_baselines3.common.base_class.BaseAlgorithm.load` (same arguments). Models saved by
+        sb3-attn-ac 0.1, which saved no ``position_encoding`` and used sinusoidal positions, load with
+        ``position_encoding="absolute"``."""
+        data, _, _ = load_from_zip_file(path, device=device, custom_objects=custom_objects)
+        if isinstance(path, io.BufferedIOBase):
+            path.seek(0)
+        if data is not None and "position_encoding" not in data:
+            kwargs.setdefault("position_encoding", "absolute")
+        return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_rollout_streams", "_rollout_values"]

@@ -16,6 +16,7 @@ from stable_baselines3.common.torch_layers import (
     NatureCNN,
 )
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from stable_baselines3.common.utils import get_device
 from torch import nn
 from torch.nn import functional as F
 
@@ -189,6 +190,21 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             normalize_images=self.normalize_images,
         )
         return data
+
+    @classmethod
+    def load(cls, path: str, device: th.device | str = "auto") -> "AttnActorCriticPolicy":
+        """:meth:`BasePolicy.load <stable_baselines3.common.policies.BaseModel.load>`. Policies saved by
+        sb3-attn-ac 0.1, which saved no ``position_encoding`` and used sinusoidal positions, load with
+        ``position_encoding="absolute"``.
+
+        :param path: the file :meth:`save` wrote
+        :param device: device to load the policy on
+        """
+        device = get_device(device)
+        saved = th.load(path, map_location=device, weights_only=False)  # gymnasium spaces need full unpickling, as SB3
+        model = cls(**{"position_encoding": "absolute", **saved["data"]})
+        model.load_state_dict(saved["state_dict"])
+        return model.to(device)
 
     def _build_mlp_extractor(self) -> None:
         # Called by _build() before the optimizer is created: build the transformer critic here too.

@@ -1,0 +1,34 @@
+"""Writes the sb3-attn-ac 0.1.0 saves that tests/test_compat_v0_1.py loads (run once with 0.1.0, commit 756b37e):
+
+    python tests/data/make_v0_1_models.py
+
+An AttnPPO model with actor context (with its deterministic actions and values on fixed observations), and its
+policy saved alone. Tiny networks, a few hundred steps: only the format matters.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+
+from sb3_attn_ac import AttnPPO
+
+HERE = Path(__file__).parent
+
+if __name__ == "__main__":
+    th.set_num_threads(1)
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = AttnPPO("MlpPolicy", env, n_steps=16, batch_size=32, n_epochs=1, context_len=4, d_model=8, seed=0,
+                    actor_context=True, policy_kwargs=dict(net_arch=dict(pi=[8], vf=[8])))  # fmt: skip
+    model.learn(64)
+    observations = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    actions, state, starts = [], None, np.array([True])
+    for obs in observations:
+        action, state = model.predict(obs[None], state=state, episode_start=starts, deterministic=True)
+        actions.append(int(action[0]))
+        starts = np.array([False])
+    values = model.policy.trajectory_values(observations).numpy()
+    model.save(HERE / "attn_ppo_v0_1.zip")
+    model.policy.save(HERE / "attn_ppo_v0_1_policy.pt")
+    np.savez(HERE / "attn_ppo_v0_1_outputs.npz", observations=observations, actions=np.array(actions), values=values)
