@@ -105,7 +105,7 @@ def _estimates(scores: np.ndarray, func: Callable[[np.ndarray], np.ndarray]) -> 
 
 def first_reach(timesteps: list[int], returns: list[float], level: float) -> str:
     """The timestep of the first evaluation at or above ``level`` ("-" if none)."""
-    return next((f"{t:.0e}" for t, x in zip(timesteps, returns) if x >= level), "-")
+    return next((f"{t:.0e}" for t, x in zip(timesteps, returns, strict=True) if x >= level), "-")
 
 
 def holds(returns: list[float]) -> bool:
