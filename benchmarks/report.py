@@ -59,9 +59,12 @@ def hyperparams(algo: str, env_id: str) -> dict:
     return dict(entries["default"])
 
 
-def train(algo: str, env_id: str, seed: int, logs: Path, entry: dict, evaluations: int = 10) -> dict:
+def train(
+    algo: str, env_id: str, seed: int, logs: Path, entry: dict, evaluations: int = 10, gym_packages: tuple[str, ...] = ()
+) -> dict:
     """One run through attn-zoo with the hyperparameter ``entry``, evaluating 10 deterministic episodes
-    ``evaluations`` times (every 10% of the budget by default; 1: at the end only)."""
+    ``evaluations`` times (every 10% of the budget by default; 1: at the end only); ``gym_packages`` are imported
+    first (they register the env)."""
     budget = int(float(entry["n_timesteps"]))
     conf = logs / f"{algo}_{env_id}.yml"
     conf.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +73,8 @@ def train(algo: str, env_id: str, seed: int, logs: Path, entry: dict, evaluation
     command = [sys.executable, "-m", "sb3_attn_ac.zoo", "train", "--algo", algo, "--env", env_id, "--seed", str(seed),
                "-f", str(folder), "-conf", str(conf), "--eval-freq", str(budget // evaluations), "--eval-episodes", "10",
                "--n-eval-envs", "1", "--verbose", "0"]  # fmt: skip
+    if gym_packages:
+        command += ["--gym-packages", *gym_packages]
     start = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
     wall = time.perf_counter() - start

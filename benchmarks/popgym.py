@@ -1,0 +1,83 @@
+"""POPGym (Morad et al., ICLR 2023) memory tasks: AttnPPO with actor context against RecurrentPPO (sb3-contrib,
+LSTM) and PPO, trained through rl-zoo3 (``attn-zoo train --gym-packages popgym``) exactly as ``report.py`` does,
+with the same PPO settings for all three: 8 envs, n_steps 128, batch 256, 4 epochs, learning rate 3e-4, gamma
+0.99, GAE lambda 0.95, net_arch pi=[64], vf=[64]. RecurrentPPO keeps its policy's defaults otherwise (an LSTM of
+256 units, a separate critic LSTM); AttnPPO keeps the package defaults. Tuple observations (Autoencode) are
+flattened (``gymnasium.wrappers.FlattenObservation``; Discrete ones are one-hot either way).
+
+Evaluation: 10 deterministic episodes every 10% of the budget; POPGym's returns lie in [-1, 1]. Aggregation (IQM
+with stratified bootstrap 95% CIs, curves, per-seed finals, wall time) as ``report.py``.
+Resumable: every finished (algo, env, seed) is one JSON line in ``--out``.
+
+    python benchmarks/popgym.py --seeds 0 1 2 --budget 2e5
+    python benchmarks/popgym.py --aggregate-only
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import common  # one torch thread; must come first  # noqa: F401
+import report
+
+import sb3_attn_ac
+
+TASKS = [
+    "RepeatFirstEasy",
+    "RepeatPreviousEasy",
+    "AutoencodeEasy",
+    "HigherLowerEasy",
+    "NoisyPositionOnlyCartPoleEasy",
+    "PositionOnlyPendulumEasy",
+    "MineSweeperEasy",
+]
+SHARED = dict(
+    n_envs=8,
+    n_steps=128,
+    batch_size=256,
+    n_epochs=4,
+    learning_rate=3e-4,
+    gamma=0.99,
+    gae_lambda=0.95,
+    env_wrapper="gymnasium.wrappers.FlattenObservation",
+)
+ENTRIES = {
+    "ppo_attn": dict(policy="MlpPolicy", actor_context=True, policy_kwargs="dict(net_arch=dict(pi=[64], vf=[64]))"),
+    "ppo_lstm": dict(policy="MlpLstmPolicy", policy_kwargs="dict(net_arch=dict(pi=[64], vf=[64]))"),
+    "ppo": dict(policy="MlpPolicy", policy_kwargs="dict(net_arch=dict(pi=[64], vf=[64]))"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=TASKS)
+    parser.add_argument("--algos", nargs="+", default=list(ENTRIES))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--budget", type=float, default=2e5, help="timesteps per run")
+    parser.add_argument("--logs", type=Path, default=Path("logs/popgym"))
+    parser.add_argument("--aggregate-only", action="store_true")
+    parser.add_argument("--version", default=sb3_attn_ac.__version__, help="aggregate our algorithms' rows of this version")
+    parser.add_argument("--out", type=Path, default=report.RESULTS / "popgym.jsonl")
+    args = parser.parse_args()
+
+    rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.exists() else []
+    rows = report.current(rows, args.version)
+    if not args.aggregate_only:
+        done = {(r["algo"], r["env"], r["seed"]) for r in rows}
+        for task in args.tasks:
+            env_id = f"popgym-{task}-v0"
+            for algo in args.algos:
+                entry = {**SHARED, **ENTRIES[algo], "n_timesteps": args.budget}
+                for seed in args.seeds:
+                    if (algo, env_id, seed) in done:
+                        continue
+                    row = report.train(algo, env_id, seed, args.logs, entry, gym_packages=("popgym",))
+                    rows.append(row)
+                    with args.out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(f"{algo} {env_id} seed {seed}: final {row['eval_mean'][-1]:.2f} ({row['wall_s']:.0f} s)", flush=True)
+    print(report.aggregate(rows, args.out.parent, prefix="popgym"))
+
+
+if __name__ == "__main__":
+    main()
