@@ -1,5 +1,6 @@
 import pytest
 import torch as th
+from torch import nn
 
 from sb3_attn_ac.common.torch_layers import Band, EpisodeTransformer, KVCache, SinusoidalPositions, TokenMeta
 
@@ -42,7 +43,26 @@ def test_band_mask_matches_dense_definition(T: int, causal: bool) -> None:
 
 def random_transformer(D: int, n_layers: int, K: int) -> EpisodeTransformer:
     th.manual_seed(0)
-    return EpisodeTransformer(D, n_layers=n_layers, n_heads=2, context_len=K, dropout=0.0).eval()
+    model = EpisodeTransformer(D, n_layers=n_layers, n_heads=2, context_len=K, dropout=0.0).eval()
+    for block in model.blocks:  # offset biases start at zero: make them matter (std 3 after the scale)
+        nn.init.normal_(block.attn.offset_bias_raw, std=0.3)
+    return model
+
+
+def test_offset_bias_indexes_the_offset_back() -> None:
+    """A dominant bias for offset k makes every step attend to the step k back in its episode (or, within the
+    first k steps, spread over what it may see); the incremental path reads the same offsets."""
+    K, k, T, D = 6, 2, 14, 8
+    model = random_transformer(D, 1, K)
+    with th.no_grad():
+        model.blocks[0].attn.offset_bias_raw.zero_()
+        model.blocks[0].attn.offset_bias_raw[:, K - 1 + k] = 5.0  # bias 50 at offset ts_i - ts_j = k
+    meta = make_meta([0, 9], T)
+    x = th.randn(1, T, D)
+    weights = model.attention_weights(x, Band(meta, K))[0][0]  # (H, T, T)
+    for t in [2, 5, 8, 11, 13]:
+        assert th.allclose(weights[:, t, t - k], th.ones(2), atol=1e-4), t
+    assert th.allclose(weights[:, 9, 9], th.ones(2))  # an episode's first step sees only itself
 
 
 def test_chunked_attention_equals_dense_window() -> None:
