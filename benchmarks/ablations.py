@@ -6,7 +6,8 @@ script with the same seeds.
 
 Variants: the position encoding of sb3-attn-ac 0.1 (``position_encoding=absolute``: a sinusoidal embedding of
 the episode step instead of per-head offset biases and a start embedding); RecurrentPPO's tuned learning rate
-(``learning_rate=lin_1e-3``, where the entry differs); the contrastive loss off
+(``learning_rate=lin_1e-3``, where the entry differs); an actor transformer of its own
+(``shared_transformer=False``); the contrastive loss off
 (``ct_coef=0``); a context-free critic and actor (``context_len=1``); the issue-6 options: Q_att action
 preferences (``q_att_coef=1``, Discrete actions only), the masked next-state and reward-to-go heads
 (``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts (``n_episodes=n_envs``).
@@ -39,6 +40,7 @@ def variants(entry: dict, env_id: str) -> dict[str, dict]:
         "default": {},
         "position_encoding=absolute": dict(position_encoding="absolute"),
         "learning_rate=lin_1e-3": dict(learning_rate="lin_1e-3"),
+        "shared_transformer=False": dict(shared_transformer=False),
         "ct_coef=0": dict(ct_coef=0.0),
         "context_len=1": dict(context_len=1),
         "next_state_coef=rtg_coef=0.1": dict(next_state_coef=0.1, rtg_coef=0.1),

@@ -74,7 +74,7 @@ def peak_memory_child(length: int, backward: bool) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (VmHWM) to the current RSS
     before = _status_kib("VmRSS:")
     if backward:
-        hidden, _ = model.policy.stream_forward(th.as_tensor(obs), meta, mask_ratio=0.15)
+        hidden, _, _ = model.policy.stream_forward(th.as_tensor(obs), meta, mask_ratio=0.15)
         model.policy._value_head(hidden).sum().backward()
     else:
         model.policy.trajectory_values(obs)

@@ -51,11 +51,22 @@ def frozen_model(n_envs: int = 3, max_steps: int = 20, **kwargs) -> AttnA2C:
 
 
 @pytest.mark.parametrize(
-    ("ct_coef", "actor_context", "q_att_coef"), [(0.0, False, 0.0), (0.1, False, 0.0), (0.1, True, 0.0), (0.1, False, 3.0)]
+    ("ct_coef", "actor_context", "q_att_coef", "shared_transformer"),
+    [
+        (0.0, False, 0.0, True),
+        (0.1, False, 0.0, True),
+        (0.1, True, 0.0, True),
+        (0.1, True, 0.0, False),
+        (0.1, False, 3.0, True),
+    ],
 )
-def test_rollout_values_equal_trajectory_values(ct_coef: float, actor_context: bool, q_att_coef: float) -> None:
+def test_rollout_values_equal_trajectory_values(
+    ct_coef: float, actor_context: bool, q_att_coef: float, shared_transformer: bool
+) -> None:
     # Episodes (time limit 20) cross rollout boundaries (7 steps) and a second learn() call.
-    model = frozen_model(ct_coef=ct_coef, actor_context=actor_context, q_att_coef=q_att_coef)
+    model = frozen_model(
+        ct_coef=ct_coef, actor_context=actor_context, q_att_coef=q_att_coef, shared_transformer=shared_transformer
+    )
     if q_att_coef:
         th.nn.init.normal_(model.policy.q_head.weight)  # Q_att must visibly shape the acting distribution
     recorder = RolloutRecorder()
@@ -150,6 +161,8 @@ def test_custom_rollout_buffer_class() -> None:
         (dict(ct_temperature=0), "ct_temperature must be > 0"),
         (dict(ct_coef=-1), "ct_coef must be >= 0"),
         (dict(key_encoder="target"), "key_encoder must be one of"),
+        (dict(position_encoding="rope"), r"position_encoding must be one of \('relative', 'absolute'\)"),
+        (dict(q_att_coef=1.0, actor_context=True, shared_transformer=False), "q_att_coef > 0 needs shared_transformer=True"),
         (dict(policy_kwargs=dict(context_len=8)), r"context_len in policy_kwargs: pass the attention arguments to AttnA2C"),
         (dict(policy_kwargs=dict(rtg_head=True)), r"rtg_head in policy_kwargs: .* with next_state_coef / rtg_coef"),
         (

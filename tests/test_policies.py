@@ -135,3 +135,21 @@ def test_cnn_and_multi_input_policies() -> None:
 def test_unsupported_spaces(obs_space, action_space, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         AttnActorCriticPolicy(obs_space, action_space, ConstantSchedule(1e-3))
+
+
+def test_separate_actor_transformer(stream) -> None:
+    """With shared_transformer=False the actor reads a transformer of its own: acting runs it (the critic's
+    parameters do not move the actions), the critic's alone gives the values, and both see context."""
+    policy, (obs, starts) = make_policy(actor_context=True, shared_transformer=False), stream
+    assert policy.actor_encoder is not None
+    assert {id(p) for p in policy.actor_encoder.parameters()}.isdisjoint(id(p) for p in policy.transformer.parameters())
+    values, logits = policy.trajectory_values(obs, starts), policy.trajectory_distribution(obs, starts).distribution.logits
+    with th.no_grad():
+        for p in policy.transformer.parameters():
+            p.add_(0.5)
+    assert changed(values, policy.trajectory_values(obs, starts)).all()
+    np.testing.assert_allclose(policy.trajectory_distribution(obs, starts).distribution.logits, logits, atol=1e-6)
+    with th.no_grad():
+        for p in policy.actor_encoder.parameters():
+            p.add_(0.5)
+    assert changed(logits, policy.trajectory_distribution(obs, starts).distribution.logits).any()

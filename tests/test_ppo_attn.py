@@ -53,11 +53,13 @@ def test_cue_recall_needs_actor_context(actor_context: bool) -> None:
         assert mean <= 0.75  # chance is 0.5: without context the last step's blank observation says nothing
 
 
-@pytest.mark.parametrize("actor_context", [False, True])
-def test_segments_replay_acting_context_exactly(actor_context: bool) -> None:
+@pytest.mark.parametrize(
+    "kwargs", [dict(actor_context=False), dict(actor_context=True), dict(actor_context=True, shared_transformer=False)]
+)
+def test_segments_replay_acting_context_exactly(kwargs: dict) -> None:
     # Frozen parameters: the minibatch segments must reproduce the acting-time log-probs and values.
     env = make_vec_env("CartPole-v1", n_envs=3, seed=0, env_kwargs=dict(max_episode_steps=12))
-    model = AttnPPO("MlpPolicy", env, learning_rate=0.0, n_layers=2, actor_context=actor_context, **TINY)
+    model = AttnPPO("MlpPolicy", env, learning_rate=0.0, n_layers=2, **kwargs, **TINY)
     model.learn(3 * 16 * 3)
     buffer, streams = model.rollout_buffer, model._rollout_streams
     segments = segment_streams(streams, 5)  # short segments: most of them start inside an episode
@@ -65,10 +67,10 @@ def test_segments_replay_acting_context_exactly(actor_context: bool) -> None:
     assert th.equal(steps.sort().values, th.arange(16 * 3))  # every step trained exactly once per epoch
     model.policy.set_training_mode(False)
     with th.no_grad():
-        hidden, _ = model.policy.stream_forward(take(streams.observations, segments.index.flatten()), segments.meta)
-        trained = segments.steps >= 0
         obs = take(streams.observations, segments.index.flatten())
-        dist = model.policy.action_distribution(take(obs, trained.flatten()), hidden[trained])
+        hidden, actor_hidden, _ = model.policy.stream_forward(obs, segments.meta)
+        trained = segments.steps >= 0
+        dist = model.policy.action_distribution(take(obs, trained.flatten()), actor_hidden[trained])
         log_prob = dist.log_prob(th.as_tensor(buffer.actions.reshape(-1)[steps.numpy()]))
         values = model.policy._value_head(hidden[trained])
     np.testing.assert_allclose(log_prob.numpy(), buffer.log_probs.reshape(-1)[steps.numpy()], atol=1e-5)

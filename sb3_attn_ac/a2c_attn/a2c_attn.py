@@ -82,6 +82,8 @@ class AttnA2C(AttnOnPolicyAlgorithm):
     :param position_encoding: ``"relative"`` (default): each attention head learns a bias per offset in its window
         and each episode's first step carries a learned embedding; ``"absolute"``: a sinusoidal embedding of the
         step's index in its episode (sb3-attn-ac 0.1; its saved models load with it)
+    :param shared_transformer: with ``actor_context``, the actor reads the critic's transformer (True) or its own
+        (False: value-loss steps never move the actor's inputs, as RecurrentPPO's separate critic LSTM)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -128,6 +130,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         n_episodes: int | None = None,
         max_rollout_steps: int = 4096,
         position_encoding: str = "relative",
+        shared_transformer: bool = True,
         _init_setup_model: bool = True,
     ) -> None:
         super().__init__(
@@ -169,6 +172,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
             n_episodes=n_episodes,
             max_rollout_steps=max_rollout_steps,
             position_encoding=position_encoding,
+            shared_transformer=shared_transformer,
         )
         self.normalize_advantage = normalize_advantage
         # As A2C: RMSprop (the original implementation) unless an optimizer is given; multi-tensor (foreach)
@@ -198,7 +202,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         observations = tree_map(lambda o: select(buffer.flat_tensor(o)), buffer.observations)
         actions = select(buffer.flat_actions())
         hidden = select(out.hidden.reshape(-1, out.hidden.shape[-1]))
-        distribution = self.policy.action_distribution(observations, hidden)
+        distribution = self.policy.action_distribution(observations, select(out.actor_hidden.reshape(hidden.shape)))
         log_prob = distribution.log_prob(actions)
         entropy = distribution.entropy()
         values = select(out.values.reshape(-1))

@@ -380,3 +380,33 @@ class EpisodeStartEmbedding(nn.Module):
     def forward(self, timesteps: th.Tensor) -> th.Tensor:
         """(...,) integer timesteps -> (..., d_model)."""
         return (timesteps == 0).to(self.start.dtype)[..., None] * self.start
+
+
+class EpisodeEncoder(nn.Module):
+    """Per-step features to per-step transformer outputs: a token embedding, a position embedding and an
+    :class:`EpisodeTransformer`, under the attribute names the policy uses for its critic's parts (a separate
+    actor transformer is one of these).
+
+    :param features_dim: width of the per-step features
+    :param d_model: token width
+    :param n_layers: transformer blocks
+    :param n_heads: attention heads per block
+    :param context_len: K, each layer's attention window
+    :param dropout: dropout rate
+    :param relative_positions: offset biases and a start embedding (else sinusoidal episode-step positions)
+    """
+
+    def __init__(
+        self,
+        features_dim: int,
+        d_model: int,
+        n_layers: int,
+        n_heads: int,
+        context_len: int,
+        dropout: float,
+        relative_positions: bool,
+    ) -> None:
+        super().__init__()
+        self.token_embedding = nn.Linear(features_dim, d_model)
+        self.positions = EpisodeStartEmbedding(d_model) if relative_positions else SinusoidalPositions(d_model)
+        self.transformer = EpisodeTransformer(d_model, n_layers, n_heads, context_len, dropout, relative_positions)

@@ -119,12 +119,17 @@ def check_rollout_args(n_episodes: int | None, max_rollout_steps: int) -> None:
         raise ValueError(f"max_rollout_steps must be an integer >= 1, got {max_rollout_steps!r}")
 
 
-def check_q_att(q_att_coef: float, action_space: spaces.Space) -> None:
-    """Raise a ValueError for a negative Q_att coefficient, or a positive one without Discrete actions."""
+def check_q_att(q_att_coef: float, action_space: spaces.Space, separate_actor: bool = False) -> None:
+    """Raise a ValueError for a negative Q_att coefficient, or a positive one without Discrete actions or with an
+    actor transformer of its own (``separate_actor``: acting would then need both transformers)."""
     if q_att_coef < 0:
         raise ValueError(f"q_att_coef must be >= 0 (0 turns Q_att off), got {q_att_coef!r}")
     if q_att_coef > 0 and not isinstance(action_space, spaces.Discrete):
         raise ValueError(f"q_att_coef > 0 needs a Discrete action space (Q_att scores each action), got {action_space}")
+    if q_att_coef > 0 and separate_actor:
+        raise ValueError(
+            "q_att_coef > 0 needs shared_transformer=True with actor_context (Q_att reads the transformer acting runs)"
+        )
 
 
 def check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> None:

@@ -86,6 +86,8 @@ class AttnPPO(AttnOnPolicyAlgorithm):
     :param position_encoding: ``"relative"`` (default): each attention head learns a bias per offset in its window
         and each episode's first step carries a learned embedding; ``"absolute"``: a sinusoidal embedding of the
         step's index in its episode (sb3-attn-ac 0.1; its saved models load with it)
+    :param shared_transformer: with ``actor_context``, the actor reads the critic's transformer (True) or its own
+        (False: value-loss steps never move the actor's inputs, as RecurrentPPO's separate critic LSTM)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -135,6 +137,7 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         n_episodes: int | None = None,
         max_rollout_steps: int = 4096,
         position_encoding: str = "relative",
+        shared_transformer: bool = True,
         _init_setup_model: bool = True,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 2:
@@ -182,6 +185,7 @@ class AttnPPO(AttnOnPolicyAlgorithm):
             n_episodes=n_episodes,
             max_rollout_steps=max_rollout_steps,
             position_encoding=position_encoding,
+            shared_transformer=shared_transformer,
         )
         if n_episodes is None and self.env is not None and (self.env.num_envs * n_steps) % batch_size > 0:
             warnings.warn(
@@ -249,13 +253,13 @@ class AttnPPO(AttnOnPolicyAlgorithm):
                 meta = TokenMeta(*(m[rows] for m in segments.meta))
                 observations = take(streams.observations, index.flatten())
                 band_rows = rows if mask_ratio is None else th.cat([rows, rows + n_segments])
-                hidden, masked = self.policy.stream_forward(
+                hidden, actor_hidden, masked = self.policy.stream_forward(
                     observations, meta, mask_ratio, self.bert_masking, band.select(band_rows)
                 )
                 trained = steps >= 0  # (n, C + S)
                 idx = steps[trained]
                 step_obs = take(observations, trained.flatten())
-                distribution = self.policy.action_distribution(step_obs, hidden[trained])
+                distribution = self.policy.action_distribution(step_obs, actor_hidden[trained])
                 log_prob = distribution.log_prob(actions[idx])
                 entropy = distribution.entropy()
                 values = self.policy._value_head(hidden[trained])

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from sb3_attn_ac.common.attention.buffers import DictEpisodeRolloutBuffer, EpisodeBufferMixin, EpisodeRolloutBuffer
 from sb3_attn_ac.common.attention.policies import (
+    V0_1_ARGS,
     AttnActorCriticCnnPolicy,
     AttnActorCriticPolicy,
     AttnMultiInputActorCriticPolicy,
@@ -47,6 +48,7 @@ POLICY_ARGS = (
     "actor_context",
     "q_att_coef",
     "position_encoding",
+    "shared_transformer",
 )
 
 
@@ -115,6 +117,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         n_episodes: int | None,
         max_rollout_steps: int,
         position_encoding: str,
+        shared_transformer: bool,
     ) -> None:
         check_rollout_args(n_episodes, max_rollout_steps)
         check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum, position_encoding)
@@ -174,11 +177,12 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.n_episodes = n_episodes
         self.max_rollout_steps = max_rollout_steps
         self.position_encoding = position_encoding
+        self.shared_transformer = shared_transformer
 
     def _setup_model(self) -> None:
         # Everything below derives from saved attributes, so load() (which calls this after restoring them) agrees.
         check_spaces(self.observation_space, self.action_space)
-        check_q_att(self.q_att_coef, self.action_space)
+        check_q_att(self.q_att_coef, self.action_space, self.actor_context and not self.shared_transformer)
         if not issubclass(self.policy_class, AttnActorCriticPolicy):
             raise ValueError(
                 f"policy must be one of {sorted(self.policy_aliases)} or a subclass of AttnActorCriticPolicy, "
@@ -231,13 +235,13 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         **kwargs: Any,
     ) -> SelfAttnOnPolicyAlgorithm:
         """SB3's :meth:`~stable_baselines3.common.base_class.BaseAlgorithm.load` (same arguments). Models saved by
-        sb3-attn-ac 0.1, which saved no ``position_encoding`` and used sinusoidal positions, load with
-        ``position_encoding="absolute"``."""
+        sb3-attn-ac 0.1, which saved no ``position_encoding`` (it used sinusoidal positions) and no
+        ``shared_transformer``, load with 0.1's architecture (:data:`V0_1_ARGS`)."""
         data, _, _ = load_from_zip_file(path, device=device, custom_objects=custom_objects)
         if isinstance(path, io.BufferedIOBase):
             path.seek(0)
-        if data is not None and "position_encoding" not in data:
-            kwargs.setdefault("position_encoding", "absolute")
+        if data is not None:
+            kwargs = {**{name: value for name, value in V0_1_ARGS.items() if name not in data}, **kwargs}
         return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
 
     def _excluded_save_params(self) -> list[str]:

@@ -24,6 +24,7 @@ from sb3_attn_ac.common.attention.buffers import take
 from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, MaskedPass, StreamValues
 from sb3_attn_ac.common.torch_layers import (
     Band,
+    EpisodeEncoder,
     EpisodeStartEmbedding,
     EpisodeTransformer,
     KVCache,
@@ -38,6 +39,9 @@ from sb3_attn_ac.common.utils import (
     reward_to_go,
     select_masked,
 )
+
+# What sb3-attn-ac 0.1 built and saved no argument for: a save without these arguments was made with these values.
+V0_1_ARGS = {"position_encoding": "absolute", "shared_transformer": True}
 
 
 def batch_len(obs: PyTorchObs) -> int:
@@ -98,6 +102,9 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
     :param position_encoding: ``"relative"``: a learned attention bias per head and offset in the window, and a
         learned embedding of each episode's first step; ``"absolute"``: a sinusoidal embedding of the step's index
         in its episode added to its token (sb3-attn-ac 0.1, which its saved models use)
+    :param shared_transformer: with ``actor_context``, whether the actor reads the critic's transformer (one
+        transformer, shaped by both losses) or its own (as RecurrentPPO's separate critic LSTM: value-loss steps
+        then never move the actor's inputs). Acting runs only the actor's either way; Q_att needs it shared
     """
 
     def __init__(
@@ -131,9 +138,10 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         next_state_head: bool = False,
         rtg_head: bool = False,
         position_encoding: str = "relative",
+        shared_transformer: bool = True,
     ) -> None:
         check_spaces(observation_space, action_space)
-        check_q_att(q_att_coef, action_space)
+        check_q_att(q_att_coef, action_space, actor_context and not shared_transformer)
         check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum, position_encoding)
         # Set before super().__init__(), whose _build() creates the transformer.
         self.context_len = context_len
@@ -148,6 +156,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.next_state_head = next_state_head
         self.rtg_head = rtg_head
         self.position_encoding = position_encoding
+        self.shared_transformer = shared_transformer
         if net_arch is None:
             # SB3's actor; the critic's body is the transformer (its blocks hold MLPs), read by a linear head.
             net_arch = [] if features_extractor_class == NatureCNN else dict(pi=[64, 64], vf=[])
@@ -186,6 +195,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             next_state_head=self.next_state_head,
             rtg_head=self.rtg_head,
             position_encoding=self.position_encoding,
+            shared_transformer=self.shared_transformer,
             share_features_extractor=self.share_features_extractor,
             normalize_images=self.normalize_images,
         )
@@ -202,7 +212,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         """
         device = get_device(device)
         saved = th.load(path, map_location=device, weights_only=False)  # gymnasium spaces need full unpickling, as SB3
-        model = cls(**{"position_encoding": "absolute", **saved["data"]})
+        model = cls(**{**V0_1_ARGS, **saved["data"]})
         model.load_state_dict(saved["state_dict"])
         return model.to(device)
 
@@ -225,6 +235,12 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.transformer = EpisodeTransformer(
             self.d_model, self.n_layers, self.n_heads, self.context_len, self.dropout, relative_positions=relative
         )
+        # The actor's own transformer (actor_context without sharing); the critic's parts above keep 0.1's names.
+        self.actor_encoder: EpisodeEncoder | None = None
+        if self.actor_context and not self.shared_transformer:
+            self.actor_encoder = EpisodeEncoder(
+                self.features_dim, self.d_model, self.n_layers, self.n_heads, self.context_len, self.dropout, relative
+            )
         # Masked-contrastive parts: the learned [MASK] token, the query head and the key encoder.
         self.mask_embedding = nn.Parameter(0.02 * th.randn(self.d_model))
         self.query_head = nn.Linear(self.d_model, self.d_model)
@@ -283,7 +299,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         :param mask_ratio: fraction of tokens to mask in the masked copy (None: no masked copy)
         :param bert_masking: BERT's 80/10/10 replacement instead of always the mask embedding
         :param band: the attention layout if already built (:meth:`stream_band`)
-        :return: (B, L, D) causal outputs, and the masked pass (or None)
+        :return: (B, L, D) causal outputs of the critic's transformer, those of the actor's (the same tensor when
+            shared), and the masked pass (or None)
         """
         B, L = meta.timesteps.shape
         features = self._critic_features(observations).view(B, L, -1)  # (B, L, F)
@@ -291,7 +308,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         if band is None:
             band = self.stream_band(meta, masked=mask_ratio is not None)
         if mask_ratio is None:
-            return self._critic(tokens, meta, band), None
+            hidden = self._critic(tokens, meta, band)
+            return hidden, self._actor_stream(observations, features, meta, band, hidden), None
         selected = select_masked(meta.valid, mask_ratio)  # (B, L)
         replacement = self.mask_embedding.expand_as(tokens)
         replaced = selected
@@ -304,7 +322,29 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         masked_tokens = th.where(replaced[..., None], replacement, tokens)
         both_meta = TokenMeta(*(th.cat([m, m]) for m in meta))
         hidden, masked_hidden = self._critic(th.cat([tokens, masked_tokens]), both_meta, band).split(B)
-        return hidden, MaskedPass(masked_hidden, features, tokens, selected, meta, band)
+        actor_hidden = self._actor_stream(observations, features, meta, band, hidden)
+        return hidden, actor_hidden, MaskedPass(masked_hidden, features, tokens, selected, meta, band)
+
+    def _actor_stream(
+        self, observations: PyTorchObs, features: th.Tensor, meta: TokenMeta, band: Band, hidden: th.Tensor
+    ) -> th.Tensor:
+        """The actor's transformer outputs over streams: the critic's ``hidden`` when shared.
+
+        :param observations: (B * L, *obs_shape) the streams' observations
+        :param features: (B, L, F) the critic's features of them
+        :param meta: (B, L) their metadata
+        :param band: the critic pass's layout (its first B rows are the causal ones)
+        :param hidden: (B, L, D) the critic's outputs
+        """
+        if self.actor_encoder is None:
+            return hidden
+        B, L = meta.timesteps.shape
+        if not self.share_features_extractor:
+            features = BasePolicy.extract_features(self, observations, self.pi_features_extractor).view(B, L, -1)  # type: ignore[union-attr]
+        if len(band.allowed) > B:  # the masked rows are the critic's only
+            band = band.select(th.arange(B, device=features.device))
+        encoder = self.actor_encoder
+        return encoder.transformer(encoder.token_embedding(features) + encoder.positions(meta.timesteps), band)
 
     def stream_band(self, meta: TokenMeta, masked: bool) -> Band:
         """The attention layout of :meth:`stream_forward` for streams with metadata ``meta``: B causal rows,
@@ -331,7 +371,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         """
         E = streams.index.shape[0]
         observations = take(streams.observations, streams.index.flatten())
-        hidden, masked = self.stream_forward(observations, streams.meta, mask_ratio, bert_masking)
+        hidden, actor_hidden, masked = self.stream_forward(observations, streams.meta, mask_ratio, bert_masking)
         values = self._value_head(hidden)  # (E, L)
         envs = th.arange(E, device=values.device)
         return StreamValues(
@@ -339,6 +379,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             terminal_values=values[streams.terminal_envs, streams.terminal_cols],
             last_values=values[envs, streams.last_cols],
             hidden=hidden[envs[None, :], streams.step_cols],  # (T, E, D)
+            actor_hidden=actor_hidden[envs[None, :], streams.step_cols],
             masked=masked,
         )
 
@@ -365,11 +406,12 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
 
     def _stream(
         self, observations: np.ndarray | dict[str, np.ndarray], episode_starts: np.ndarray | None
-    ) -> tuple[PyTorchObs, th.Tensor]:
+    ) -> tuple[PyTorchObs, th.Tensor, th.Tensor]:
+        """One stream's observations as tensors, and the critic's and the actor's transformer outputs over it."""
         obs, meta = self._stream_inputs(observations, episode_starts)
         with th.no_grad():
-            hidden, _ = self.stream_forward(obs, meta)
-        return obs, hidden[0]
+            hidden, actor_hidden, _ = self.stream_forward(obs, meta)
+        return obs, hidden[0], actor_hidden[0]
 
     def trajectory_values(
         self, observations: np.ndarray | dict[str, np.ndarray], episode_starts: np.ndarray | None = None
@@ -380,7 +422,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         :param episode_starts: (T,) True where a new episode starts (the first step always starts one)
         :return: (T,) values
         """
-        _, hidden = self._stream(observations, episode_starts)
+        _, hidden, _ = self._stream(observations, episode_starts)
         with th.no_grad():
             return self._value_head(hidden)
 
@@ -394,9 +436,9 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         :param episode_starts: (T,) True where a new episode starts (the first step always starts one)
         :return: a distribution over T actions
         """
-        obs, hidden = self._stream(observations, episode_starts)
+        obs, _, actor_hidden = self._stream(observations, episode_starts)
         with th.no_grad():
-            return self.action_distribution(obs, hidden)
+            return self.action_distribution(obs, actor_hidden)
 
     def attention_weights(
         self, observations: np.ndarray | dict[str, np.ndarray], episode_starts: np.ndarray | None = None
@@ -415,14 +457,26 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
 
     def predict_values(self, obs: PyTorchObs) -> th.Tensor:
         """V of each observation as the first step of an episode (no context), shape (N, 1) as SB3's."""
-        return self._value_head(self._first_step_hidden(obs))[:, None]
+        return self._value_head(self._first_step_hidden(obs, self))[:, None]
 
-    def _first_step_hidden(self, obs: PyTorchObs) -> th.Tensor:
-        """(N, D) transformer output of each observation as the first step of an episode."""
-        features = self._critic_features(obs)
+    @property
+    def _acting_encoder(self) -> "AttnActorCriticPolicy | EpisodeEncoder":
+        """What acting with context runs: the actor's own transformer, or the policy's (the critic's) parts."""
+        return self if self.actor_encoder is None else self.actor_encoder
+
+    def _encoder_features(self, obs: PyTorchObs, encoder: "AttnActorCriticPolicy | EpisodeEncoder") -> th.Tensor:
+        """(N, F) per-step features the critic's transformer (``encoder is self``) or the actor's reads."""
+        extractor = self.vf_features_extractor if encoder is self else self.pi_features_extractor
+        return BasePolicy.extract_features(self, obs, extractor)  # type: ignore[return-value]
+
+    def _first_step_hidden(self, obs: PyTorchObs, encoder: "AttnActorCriticPolicy | EpisodeEncoder") -> th.Tensor:
+        """(N, D) output of the critic's (``encoder is self``) or the actor's transformer for each observation
+        as the first step of an episode."""
+        features = self._encoder_features(obs, encoder)
         zeros = th.zeros(len(features), 1, dtype=th.long, device=features.device)
         meta = TokenMeta(zeros, zeros, th.ones_like(zeros, dtype=th.bool))
-        return self._critic(self.token_embedding(features)[:, None], meta)[:, 0]
+        tokens = encoder.token_embedding(features)[:, None] + encoder.positions(meta.timesteps)
+        return encoder.transformer(tokens, Band(meta, self.context_len))[:, 0]
 
     # ----------------------------------------------------------------------------------------------------
     # The actor
@@ -441,7 +495,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         """
         features = BasePolicy.extract_features(self, obs, self.pi_features_extractor)
         if self.uses_context and hidden is None:
-            hidden = self._first_step_hidden(obs)
+            hidden = self._first_step_hidden(obs, self._acting_encoder)
         if self.actor_context:
             features = th.cat([features, hidden], dim=-1)  # type: ignore[list-item]
         latent_pi = self.mlp_extractor.forward_actor(features)
@@ -496,9 +550,10 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             raise ValueError(f"the stream must hold n_layers * (context_len - 1) = {self.receptive_field} steps, got {P}")
         if n == 0:
             return self.empty_cache(E)
-        features = self._critic_features(observations).view(E, P, -1)
-        tokens = self.token_embedding(features) + self.positions(meta.timesteps)
-        _, keys, values = self.transformer.forward_with_cache(tokens, Band(meta, self.context_len))
+        encoder = self._acting_encoder
+        features = self._encoder_features(observations, encoder).view(E, P, -1)
+        tokens = encoder.token_embedding(features) + encoder.positions(meta.timesteps)
+        _, keys, values = encoder.transformer.forward_with_cache(tokens, Band(meta, self.context_len))
         tail = TokenMeta(*(m[:, P - n :] for m in meta))
         valid = tail.valid & (tail.episode_ids == meta.episode_ids[:, -1:])  # the last step's episode only
         return KVCache(keys, values, valid)
@@ -510,10 +565,12 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         :param obs: (E, *obs_shape) the current observations
         :param timesteps: (E,) their index within their episodes
         :param cache: the previous steps (reset it where an episode starts: :meth:`KVCache.reset`)
-        :return: action distribution, (E, D) transformer outputs, and the cache rolled forward
+        :return: action distribution, (E, D) outputs of the transformer acting runs (the actor's), and the cache
+            rolled forward
         """
-        tokens = self.token_embedding(self._critic_features(obs)) + self.positions(timesteps)
-        hidden, cache = self.transformer.step(tokens, cache)
+        encoder = self._acting_encoder
+        tokens = encoder.token_embedding(self._encoder_features(obs, encoder)) + encoder.positions(timesteps)
+        hidden, cache = encoder.transformer.step(tokens, cache)
         return self.action_distribution(obs, hidden), hidden, cache
 
     def predict(

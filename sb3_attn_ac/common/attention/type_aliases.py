@@ -70,7 +70,8 @@ class StreamValues(NamedTuple):
     :param values: (T, E) V(s_t) of every rollout step
     :param terminal_values: (n_term,) V of each truncated episode's terminal observation, with its context
     :param last_values: (E,) V of the observation that follows the rollout
-    :param hidden: (T, E, D) transformer outputs at the rollout steps (the actor's input with actor_context)
+    :param hidden: (T, E, D) the critic's transformer outputs at the rollout steps
+    :param actor_hidden: (T, E, D) the actor's (its input with actor_context; ``hidden`` itself when shared)
     :param masked: the masked pass, when one was asked for
     """
 
@@ -78,6 +79,7 @@ class StreamValues(NamedTuple):
     terminal_values: th.Tensor
     last_values: th.Tensor
     hidden: th.Tensor
+    actor_hidden: th.Tensor
     masked: MaskedPass | None
 
 
