@@ -6,13 +6,15 @@ script with the same seeds.
 
 Variants: the position encoding of sb3-attn-ac 0.1 (``position_encoding=absolute``: a sinusoidal embedding of
 the episode step instead of per-head offset biases and a start embedding); RecurrentPPO's tuned learning rate
-(``learning_rate=lin_1e-3``, where the entry differs); an actor transformer of its own
+("constant learning rate": 3e-4 on CartPoleNoVel, 1e-3 on PendulumNoVel, where the entries now anneal
+``lin_1e-3``); an actor transformer of its own
 (``shared_transformer=False``); the contrastive loss off
 (``ct_coef=0``); a context-free critic and actor (``context_len=1``); the issue-6 options: Q_att action
 preferences (``q_att_coef=1``, Discrete actions only), the masked next-state and reward-to-go heads
 (``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts (``n_episodes=n_envs``).
-Resumable: every finished (variant, env, seed) is a JSON line in ``--out`` with the package version and commit
-it ran; only rows of the installed version are run again or aggregated (``--version`` shows another's).
+Resumable: every finished run is a JSON line in ``--out`` with its hyperparameters, package version and commit;
+a variant's run is the row of the installed version with the same env, seed and hyperparameters (whatever the
+variant was called when it ran), so a changed entry runs again (``--version`` shows another version's rows).
 
     python benchmarks/ablations.py --seeds 0 1 2
     python benchmarks/ablations.py --variants default position_encoding=absolute --seeds 100 101 102
@@ -39,7 +41,8 @@ def variants(entry: dict, env_id: str) -> dict[str, dict]:
     out = {
         "default": {},
         "position_encoding=absolute": dict(position_encoding="absolute"),
-        "learning_rate=lin_1e-3": dict(learning_rate="lin_1e-3"),
+        # 0.2.0's entries before the NoVel learning rates were annealed (lin_1e-3):
+        "constant learning rate": dict(learning_rate={"CartPoleNoVel-v1": 3e-4, "PendulumNoVel-v1": 1e-3}.get(env_id)),
         "shared_transformer=False": dict(shared_transformer=False),
         "ct_coef=0": dict(ct_coef=0.0),
         "context_len=1": dict(context_len=1),
@@ -48,7 +51,7 @@ def variants(entry: dict, env_id: str) -> dict[str, dict]:
     }
     if isinstance(gym.make(env_id).action_space, spaces.Discrete):
         out["q_att_coef=1"] = dict(q_att_coef=1.0)
-    return out
+    return {name: overrides for name, overrides in out.items() if None not in overrides.values()}
 
 
 def main() -> None:
@@ -63,24 +66,25 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.exists() else []
-    rows = [r for r in rows if r["environment"]["sb3-attn-ac"] == args.version]
-    if not args.aggregate_only:
-        done = {(r["variant"], r["env"], r["seed"]) for r in rows}
-        for env_id in args.envs:
-            entry = report.hyperparams(ALGO, env_id)
-            for name, overrides in variants(entry, env_id).items():
-                if args.variants and name not in args.variants:
-                    continue
-                for seed in args.seeds:
-                    if (name, env_id, seed) in done:
-                        continue
-                    logs = args.logs / name.replace("=", "_").replace(",", "_")
-                    row = {"variant": name, **report.train(ALGO, env_id, seed, logs, {**entry, **overrides}, evaluations=1)}
-                    rows.append(row)
+    key = lambda env_id, seed, hyperparams: (env_id, seed, json.dumps(hyperparams, sort_keys=True))  # noqa: E731
+    runs = {key(r["env"], r["seed"], r["hyperparams"]): r for r in rows if r["environment"]["sb3-attn-ac"] == args.version}
+    labelled = []
+    for env_id in args.envs:
+        entry = report.hyperparams(ALGO, env_id)
+        for name, overrides in variants(entry, env_id).items():
+            if args.variants and name not in args.variants:
+                continue
+            for seed in args.seeds:
+                hyperparams = {**entry, **overrides}
+                row = runs.get(key(env_id, seed, report.config(hyperparams)))
+                if row is None and not args.aggregate_only:
+                    logs = args.logs / name.replace("=", "_").replace(" ", "_")
+                    row = {"variant": name, **report.train(ALGO, env_id, seed, logs, hyperparams, evaluations=1)}
                     with args.out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(f"{name} {env_id} seed {seed}: final {row['eval_mean'][-1]:.1f} ({row['wall_s']:.0f} s)", flush=True)
-    labelled = [{**r, "algo": f"AttnPPO {r['variant']}"} for r in rows if not args.variants or r["variant"] in args.variants]
+                if row is not None:
+                    labelled.append({**row, "algo": f"AttnPPO {name}"})
     print(report.aggregate(labelled, args.out.parent, prefix="ablations"))
 
 

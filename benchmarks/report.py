@@ -7,8 +7,9 @@ Hyperparameters: ours from ``hyperparams/``, the baselines' from rl-zoo3's own f
 env with observation normalisation (A2C and PPO have no NoVel entries); one without an entry for a fully
 observed env uses its NoVel entry if any (RecurrentPPO on CartPole-v1: its tuned CartPoleNoVel-v1 settings),
 else rl-zoo3's ``default``.
-Runs are resumable: every finished (algo, env, seed) is one JSON line in ``--out`` and is skipped next time; our
-algorithms' rows count only for the package version that ran them (``--version`` shows an older one's).
+Runs are resumable: every finished (algo, env, seed) is one JSON line in ``--out`` and is skipped next time while
+its hyperparameter entry is unchanged; our algorithms' rows count only for the package version that ran them
+(``--version`` shows an older one's).
 
     python benchmarks/report.py --envs CartPole-v1 --algos a2c a2c_attn ppo ppo_attn --seeds 0 1 2 3 4
     python benchmarks/report.py --aggregate-only
@@ -89,7 +90,7 @@ def train(
         "eval_mean": evaluations["results"].mean(axis=1).tolist(),
         "eval_episodes": 10,
         "wall_s": wall,
-        "hyperparams": {k: str(v) for k, v in entry.items()},
+        "hyperparams": config(entry),
         "environment": common.environment(),
     }
 
@@ -119,9 +120,16 @@ def holds(returns: list[float]) -> bool:
     return min(returns[-max(1, len(returns) // 5) :]) >= best - 0.1 * abs(best)
 
 
+def config(entry: dict) -> dict[str, str]:
+    """A hyperparameter entry as rows record it."""
+    return {k: str(v) for k, v in entry.items()}
+
+
 def current(rows: list[dict], version: str) -> list[dict]:
-    """The rows of our algorithms that ``version`` of the package ran, and every baseline row."""
-    return [r for r in rows if r["algo"] not in zoo.ALGOS or r["environment"]["sb3-attn-ac"] == version]
+    """The rows of our algorithms that ``version`` of the package ran, and every baseline row; of several runs of
+    one (algorithm, env, seed), the last (a run with a changed hyperparameter entry supersedes the older one)."""
+    rows = [r for r in rows if r["algo"] not in zoo.ALGOS or r["environment"]["sb3-attn-ac"] == version]
+    return list({(r["algo"], r["env"], r["seed"]): r for r in rows}.values())
 
 
 def aggregate(rows: list[dict], out_dir: Path, prefix: str = "report") -> str:
@@ -189,14 +197,15 @@ def main() -> None:
     rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.exists() else []
     rows = current(rows, args.version)  # older versions' rows of our algorithms stay in the file as history
     if not args.aggregate_only:
-        done = {(r["algo"], r["env"], r["seed"]) for r in rows}
+        done = {(r["algo"], r["env"], r["seed"], json.dumps(r["hyperparams"], sort_keys=True)) for r in rows}
         for env_id in args.envs:
             for algo in args.algos:
                 for seed in args.seeds:
-                    if (algo, env_id, seed) in done:
+                    entry = hyperparams(algo, env_id)
+                    if (algo, env_id, seed, json.dumps(config(entry), sort_keys=True)) in done:
                         continue
-                    row = train(algo, env_id, seed, args.logs, hyperparams(algo, env_id))
-                    rows.append(row)
+                    row = train(algo, env_id, seed, args.logs, entry)
+                    rows = current([*rows, row], args.version)
                     with args.out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(f"{algo} {env_id} seed {seed}: final {row['eval_mean'][-1]:.1f} ({row['wall_s']:.0f} s)", flush=True)
