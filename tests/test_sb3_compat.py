@@ -1,5 +1,7 @@
 """SB3 behaviours users rely on, run with the real SB3 on tiny budgets."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch as th
@@ -15,6 +17,7 @@ from stable_baselines3.common.envs import (
 )
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_attn_ac import AttnA2C, AttnPPO
@@ -149,3 +152,36 @@ def test_gsde_continuous() -> None:
     model = AttnA2C("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2, seed=0), use_sde=True, sde_sample_freq=2, **TINY)
     model.learn(32)
     assert "train/std" in model.logger.name_to_value
+
+
+# A tiny env for each policy alias, and the features extractor arguments that keep it small.
+POLICY_ENVS = {
+    "MlpPolicy": (lambda: IdentityEnvMultiDiscrete(dim=3, ep_length=10), {}),
+    "CnnPolicy": (lambda: FakeImageEnv(screen_height=36, screen_width=36, n_channels=1), dict(features_dim=16)),
+    "MultiInputPolicy": (lambda: SimpleMultiObsEnv(random_start=False), dict(cnn_output_dim=16)),
+}
+
+
+@pytest.mark.parametrize("policy", list(POLICY_ENVS))
+@pytest.mark.parametrize("algo", [AttnA2C, AttnPPO])
+def test_load_with_the_policy_kwargs_it_was_built_with(tmp_path, algo: type, policy: str) -> None:
+    make_env, extractor_kwargs = POLICY_ENVS[policy]
+    env = DummyVecEnv([make_env])
+    policy_kwargs = dict(net_arch=dict(pi=[8], vf=[8]), features_extractor_kwargs=extractor_kwargs)
+    given = copy.deepcopy(policy_kwargs)
+    extra = dict(batch_size=4) if algo is AttnPPO else {}
+    model = algo(policy, env, policy_kwargs=policy_kwargs, **TINY, **extra).learn(8)
+    model.save(tmp_path / "model.zip")
+    assert policy_kwargs == given  # the user's dict is left as it was
+    assert load_from_zip_file(tmp_path / "model.zip")[0]["policy_kwargs"] == given
+    obs = np.stack([env.observation_space.sample() for _ in range(3)]) if policy != "MultiInputPolicy" else None
+    for kwargs in (policy_kwargs, copy.deepcopy(given)):  # the same dict, or an equal one
+        loaded = algo.load(tmp_path / "model.zip", env=env, policy_kwargs=kwargs)
+        assert type(loaded.policy.optimizer) is type(model.policy.optimizer)
+        for p, q in zip(loaded.policy.state_dict().values(), model.policy.state_dict().values(), strict=True):
+            assert th.equal(p, q)
+        if obs is not None:
+            assert np.array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+        loaded.learn(8)
+    with pytest.raises(ValueError, match="policy kwargs do not equal"):  # as SB3: other policy_kwargs are refused
+        algo.load(tmp_path / "model.zip", env=env, policy_kwargs={**given, "net_arch": dict(pi=[4], vf=[4])})

@@ -166,13 +166,20 @@ class AttnA2C(AttnOnPolicyAlgorithm):
             max_rollout_steps=max_rollout_steps,
         )
         self.normalize_advantage = normalize_advantage
-        # As A2C: RMSprop (the original implementation) unless an optimizer is given; multi-tensor (foreach)
-        # steps, because per-parameter loops dominate the update of small networks on CPU.
-        if use_rms_prop and "optimizer_class" not in self.policy_kwargs:
-            self.policy_kwargs["optimizer_class"] = th.optim.RMSprop
-            self.policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0, foreach=True)
+        self.rms_prop_eps = rms_prop_eps
+        self.use_rms_prop = use_rms_prop
         if _init_setup_model:
             self._setup_model()
+
+    def _optimizer_defaults(self) -> dict[str, Any]:
+        # As A2C: RMSprop (the original implementation) unless an optimizer class is given; multi-tensor (foreach)
+        # steps, because per-parameter loops dominate the update of small networks on CPU.
+        if not self.use_rms_prop or "optimizer_class" in self.policy_kwargs:
+            return {}
+        return dict(
+            optimizer_class=th.optim.RMSprop,
+            optimizer_kwargs=dict(alpha=0.99, eps=self.rms_prop_eps, weight_decay=0, foreach=True),
+        )
 
     def _keep_value_graph(self) -> bool:
         # A2C takes one gradient step per rollout: the rollout's critic pass serves both the advantages

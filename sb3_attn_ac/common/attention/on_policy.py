@@ -190,13 +190,20 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
             "prefix_len": self.n_layers * (self.context_len - 1),
             "carry_unfinished": self.n_episodes is not None,
         }
+        # The policy gets the optimizer defaults and the attention arguments on top of the user's policy_kwargs,
+        # while self.policy_kwargs (saved, and compared with load()'s policy_kwargs) stays what the user passed.
+        user_policy_kwargs = self.policy_kwargs
         self.policy_kwargs = {
-            **self.policy_kwargs,
+            **user_policy_kwargs,
+            **self._optimizer_defaults(),
             **{name: getattr(self, name) for name in POLICY_ARGS},
             "next_state_head": self.next_state_coef > 0,
             "rtg_head": self.rtg_coef > 0,
         }
-        super()._setup_model()
+        try:
+            super()._setup_model()
+        finally:
+            self.policy_kwargs = user_policy_kwargs
         if self.n_episodes is not None:  # rows for the longest rollout, unfinished episodes included
             self.rollout_buffer = self.rollout_buffer_class(
                 self.max_rollout_steps,
@@ -210,6 +217,10 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
             )
         self._rollout_streams: EpisodeStreams | None = None
         self._rollout_values: StreamValues | None = None
+
+    def _optimizer_defaults(self) -> dict[str, Any]:
+        """Optimizer arguments the algorithm gives the policy unless ``policy_kwargs`` sets them (as A2C's RMSprop)."""
+        return {}
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_rollout_streams", "_rollout_values"]
