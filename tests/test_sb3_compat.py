@@ -1,6 +1,8 @@
 """SB3 behaviours users rely on, run with the real SB3 on tiny budgets."""
 
 import copy
+import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -185,3 +187,70 @@ def test_load_with_the_policy_kwargs_it_was_built_with(tmp_path, algo: type, pol
         loaded.learn(8)
     with pytest.raises(ValueError, match="policy kwargs do not equal"):  # as SB3: other policy_kwargs are refused
         algo.load(tmp_path / "model.zip", env=env, policy_kwargs={**given, "net_arch": dict(pi=[4], vf=[4])})
+
+
+def outcome(algo: type, **kwargs: Any) -> str:
+    """What happens to a user who builds ``algo`` on CartPole with ``kwargs`` and trains it for 16 steps:
+    "rejects" (at construction), "fails" (in learn), "warns" (at construction, then trains) or "accepts"."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = algo("MlpPolicy", "CartPole-v1", device="cpu", seed=0, **kwargs)
+        except (AssertionError, ValueError, ZeroDivisionError):
+            return "rejects"
+    try:
+        model.learn(16)
+    except (ValueError, RuntimeError, UnboundLocalError):
+        return "fails"
+    return "warns" if any(issubclass(w.category, UserWarning) for w in caught) else "accepts"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        (dict(n_steps=8, batch_size=4), "accepts"),
+        (dict(n_steps=1), "rejects"),  # a one-step rollout with advantage normalisation
+        (dict(n_steps=8, batch_size=1), "rejects"),  # a one-step minibatch with advantage normalisation
+        (dict(n_steps=8, batch_size=1, normalize_advantage=False), "accepts"),
+        (dict(n_steps=1, batch_size=1, normalize_advantage=False), "accepts"),
+        (dict(n_steps=8, batch_size=0, normalize_advantage=False), "rejects"),
+        (dict(n_steps=8, batch_size=3), "warns"),  # batch_size does not divide n_steps * n_envs
+        (dict(n_steps=8, batch_size=4, clip_range_vf=0.0), "rejects"),
+        (dict(n_steps=8, batch_size=4, clip_range_vf=0.1), "accepts"),
+        (dict(n_steps=8, batch_size=4, use_sde=True), "rejects"),  # gSDE on Discrete actions
+    ],
+)
+def test_ppo_validates_as_ppo(kwargs: dict, expected: str) -> None:
+    assert outcome(PPO, **kwargs) == expected
+    assert outcome(AttnPPO, **kwargs, context_len=4, d_model=16) == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        (dict(n_steps=8), "accepts"),
+        (dict(n_steps=1), "accepts"),
+        (dict(n_steps=8, normalize_advantage=True), "accepts"),
+        (dict(n_steps=8, use_sde=True), "rejects"),
+        (dict(n_steps=8, use_rms_prop=False, rms_prop_eps=1e-3), "accepts"),
+    ],
+)
+def test_a2c_validates_as_a2c(kwargs: dict, expected: str) -> None:
+    assert outcome(A2C, **kwargs) == expected
+    assert outcome(AttnA2C, **kwargs, context_len=4, d_model=16) == expected
+
+
+@pytest.mark.parametrize(
+    ("sb3_algo", "algo", "kwargs", "match"),
+    [
+        (A2C, AttnA2C, dict(n_steps=0), "n_steps must be an integer >= 1"),
+        (A2C, AttnA2C, dict(n_steps=1, normalize_advantage=True), r"normalize_advantage=True needs .* n_steps=1 and n_envs=1"),
+        (PPO, AttnPPO, dict(n_steps=8, batch_size=8, n_epochs=0), "n_epochs must be an integer >= 1"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")  # SB3's, on its way to failing
+def test_rejects_what_sb3_accepts_but_cannot_train(sb3_algo: type, algo: type, kwargs: dict, match: str) -> None:
+    # Deliberate difference: SB3 builds these and then fails inside learn(); we refuse them at construction.
+    assert outcome(sb3_algo, **kwargs) == "fails"
+    with pytest.raises(ValueError, match=match):
+        algo("MlpPolicy", "CartPole-v1", **kwargs)

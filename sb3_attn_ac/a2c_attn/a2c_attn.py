@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from sb3_attn_ac.common.attention.buffers import tree_map
 from sb3_attn_ac.common.attention.on_policy import AttnOnPolicyAlgorithm
 from sb3_attn_ac.common.attention.policies import AttnActorCriticPolicy
+from sb3_attn_ac.common.utils import check_advantage_normalization
 
 SelfAttnA2C = TypeVar("SelfAttnA2C", bound="AttnA2C")
 
@@ -165,6 +166,8 @@ class AttnA2C(AttnOnPolicyAlgorithm):
             n_episodes=n_episodes,
             max_rollout_steps=max_rollout_steps,
         )
+        if self.env is not None:
+            check_advantage_normalization(normalize_advantage, n_steps, self.n_envs, n_episodes)
         self.normalize_advantage = normalize_advantage
         self.rms_prop_eps = rms_prop_eps
         self.use_rms_prop = use_rms_prop

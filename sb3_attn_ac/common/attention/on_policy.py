@@ -109,7 +109,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         n_episodes: int | None,
         max_rollout_steps: int,
     ) -> None:
-        check_rollout_args(n_episodes, max_rollout_steps)
+        check_rollout_args(n_steps, n_episodes, max_rollout_steps)
         check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum)
         check_contrastive_args(ct_coef, ct_temperature, mask_ratio)
         for name, value in [
