@@ -1,6 +1,7 @@
 """SB3 behaviours users rely on, run with the real SB3 on tiny budgets."""
 
 import copy
+import io
 import warnings
 from typing import Any
 
@@ -20,9 +21,10 @@ from stable_baselines3.common.envs import (
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.save_util import load_from_zip_file
+from stable_baselines3.common.utils import get_device
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from sb3_attn_ac import AttnA2C, AttnPPO
+from sb3_attn_ac import AttnA2C, AttnActorCriticPolicy, AttnPPO
 
 TINY = dict(n_steps=4, context_len=4, d_model=16, seed=0)
 
@@ -254,3 +256,131 @@ def test_rejects_what_sb3_accepts_but_cannot_train(sb3_algo: type, algo: type, k
     assert outcome(sb3_algo, **kwargs) == "fails"
     with pytest.raises(ValueError, match=match):
         algo("MlpPolicy", "CartPole-v1", **kwargs)
+
+
+PAIRS = [(A2C, AttnA2C), (PPO, AttnPPO)]
+
+
+def small(algo: type, env, **kwargs: Any):
+    """A tiny model of ``algo``, SB3's or ours, with the same SB3 arguments."""
+    args: dict[str, Any] = dict(n_steps=8, seed=0)
+    if algo in (PPO, AttnPPO):
+        args.update(batch_size=8)
+    if algo in (AttnA2C, AttnPPO):
+        args.update(context_len=4, d_model=16)
+    return algo("MlpPolicy", env, **{**args, **kwargs})
+
+
+def same_parameters(a, b) -> bool:
+    return all(th.equal(p, q) for p, q in zip(a.policy.state_dict().values(), b.policy.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize("algo", [algo for pair in PAIRS for algo in pair])
+def test_save_load_variants(tmp_path, algo: type) -> None:
+    # SB3's save/load: paths as str or pathlib, file-like objects, custom_objects, overriding kwargs, devices.
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = small(algo, env).learn(32)
+    obs = env.reset()
+    expected = model.predict(obs, deterministic=True)[0]
+    buffer = io.BytesIO()
+    model.save(buffer)
+    buffer.seek(0)
+    model.save(str(tmp_path / "as_str"))
+    model.save(tmp_path / "as_path.zip", exclude=["ent_coef"])
+    assert "ent_coef" not in load_from_zip_file(tmp_path / "as_path.zip")[0]
+    for source in (buffer, str(tmp_path / "as_str.zip"), tmp_path / "as_path.zip"):
+        loaded = algo.load(source, env=env, device="auto")
+        assert loaded.device == get_device("auto") and same_parameters(loaded, model)
+        assert np.array_equal(loaded.predict(obs, deterministic=True)[0], expected)
+    changed = algo.load(tmp_path / "as_path.zip", env=env, learning_rate=2.0, custom_objects={"gamma": 0.5})
+    assert (changed.learning_rate, changed.gamma, changed.rollout_buffer.gamma) == (2.0, 0.5, 0.5)
+    changed.learn(16)
+    assert changed.policy.optimizer.param_groups[0]["lr"] == 2.0
+
+
+@pytest.mark.parametrize("algo", [algo for pair in PAIRS for algo in pair])
+def test_get_and_set_parameters(tmp_path, algo: type) -> None:
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    source = small(algo, env).learn(16)
+    source.save(tmp_path / "source.zip")
+    params = source.get_parameters()
+    assert set(params) == {"policy", "policy.optimizer"}
+    for given in (tmp_path / "source.zip", params):
+        target = small(algo, env, seed=1)
+        assert not same_parameters(target, source)
+        target.set_parameters(given)
+        assert same_parameters(target, source)
+    with pytest.raises(ValueError, match="invalid object name"):
+        target.set_parameters({**params, "not_a_module": {}}, exact_match=False)
+    with pytest.raises(ValueError, match="Names of parameters do not match"):
+        target.set_parameters({"policy": params["policy"]})
+    with pytest.raises(RuntimeError):  # a tensor left out of the policy's state dict
+        target.set_parameters({"policy": dict(list(params["policy"].items())[:-1])}, exact_match=True)
+    target.set_parameters({"policy": params["policy"]}, exact_match=False)  # the policy alone
+    target.learn(16)
+
+
+@pytest.mark.parametrize("algo", [algo for pair in PAIRS for algo in pair])
+def test_set_env_as_sb3(tmp_path, algo: type) -> None:
+    # SB3's test_set_env: same n_envs only (AssertionError otherwise); load() takes another n_envs.
+    model = small(algo, make_vec_env("CartPole-v1", n_envs=2, seed=0)).learn(32)
+    model.set_env(make_vec_env("CartPole-v1", n_envs=2, seed=1))
+    assert model._last_obs is None
+    model.learn(32)
+    model.set_env(model.get_env(), force_reset=False)
+    assert model._last_obs is not None
+    model.learn(32, reset_num_timesteps=False)
+    assert model.num_timesteps == 64
+    with pytest.raises(AssertionError, match="number of environments"):
+        model.set_env(make_vec_env("CartPole-v1", n_envs=3))
+    model.save(tmp_path / "model.zip")
+    three = algo.load(tmp_path / "model.zip", env=make_vec_env("CartPole-v1", n_envs=3, seed=2)).learn(48)
+    assert three.n_envs == three.rollout_buffer.n_envs == 3 and three.num_timesteps == 48
+    # A model loaded without an env predicts; given an env later, it trains.
+    without_env = algo.load(tmp_path / "model.zip")
+    assert without_env.get_env() is None
+    assert without_env.predict(np.zeros(4, np.float32))[0].shape == ()
+    without_env.set_env(make_vec_env("CartPole-v1", n_envs=2, seed=3))
+    without_env.learn(16)
+
+
+@pytest.mark.parametrize("policy", list(POLICY_ENVS))
+@pytest.mark.parametrize("actor_context", [False, True])
+def test_predict_single_observation_and_policy_save_load(tmp_path, policy: str, actor_context: bool) -> None:
+    make_env, extractor_kwargs = POLICY_ENVS[policy]
+    env = DummyVecEnv([make_env])
+    model = AttnPPO(
+        policy, env, actor_context=actor_context, policy_kwargs=dict(features_extractor_kwargs=extractor_kwargs),
+        **{**TINY, "batch_size": 4},
+    )  # fmt: skip
+    # As SB3's test_save_load_policy: random parameters, so identical predictions mean identical policies.
+    model.policy.load_state_dict({k: th.rand_like(v) for k, v in model.policy.state_dict().items()})
+    single = env.observation_space.sample()  # one unbatched observation (a dict of them for MultiInputPolicy)
+    action, state = model.predict(single, deterministic=True)
+    assert action.shape == env.action_space.shape and env.action_space.contains(action)
+    assert (state is None) != actor_context
+    model.policy.save(tmp_path / "policy.pth")
+    for policy_class in (type(model.policy), AttnActorCriticPolicy):
+        loaded = policy_class.load(tmp_path / "policy.pth")
+        for p, q in zip(loaded.state_dict().values(), model.policy.state_dict().values(), strict=True):
+            assert th.equal(p, q)
+        state_a = state_b = None
+        for _ in range(3):  # with actor context, the state carries the episode through the calls
+            a, state_a = model.predict(single, state=state_a, deterministic=True)
+            b, state_b = loaded.predict(single, state=state_b, deterministic=True)
+            assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(("sb3_algo", "algo"), PAIRS)
+def test_recommends_cpu_on_gpu_as_sb3(sb3_algo: type, algo: type) -> None:
+    # A2C and PPO warn when an MlpPolicy runs on the GPU (their small networks are faster on the CPU); so do we.
+    for cls in (sb3_algo, algo):
+        model = small(cls, "CartPole-v1")
+        model.device = th.device("cuda")
+        with pytest.warns(UserWarning, match="primarily intended to run on the CPU"):
+            model._maybe_recommend_cpu()
+    cnn = algo("CnnPolicy", FakeImageEnv(screen_height=36, screen_width=36, n_channels=1), context_len=4, d_model=16)
+    cnn.device = th.device("cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cnn._maybe_recommend_cpu()  # a CNN policy is fine on the GPU

@@ -218,6 +218,10 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self._rollout_streams: EpisodeStreams | None = None
         self._rollout_values: StreamValues | None = None
 
+    def _maybe_recommend_cpu(self, mlp_class_name: str = AttnActorCriticPolicy.__name__) -> None:
+        # As A2C and PPO: warn when the MlpPolicy runs on the GPU (SB3 checks the policy's class name).
+        super()._maybe_recommend_cpu(mlp_class_name)
+
     def _optimizer_defaults(self) -> dict[str, Any]:
         """Optimizer arguments the algorithm gives the policy unless ``policy_kwargs`` sets them (as A2C's RMSprop)."""
         return {}
