@@ -55,7 +55,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
     :param net_arch: The specification of the policy and value networks; the value MLP reads the transformer's
         output. Default: ``dict(pi=[64, 64], vf=[])`` (``[]`` with NatureCNN)
     :param activation_fn: Activation function
-    :param ortho_init: Whether to use or not orthogonal initialization (the transformer keeps GPT-2's init)
+    :param ortho_init: Whether to use or not orthogonal initialization (the transformer keeps GPT-2's init; the
+        value head gets gain 0.01 instead of SB3's 1)
     :param use_sde: Whether to use State Dependent Exploration or not
     :param log_std_init: Initial value for the log standard deviation
     :param full_std: Whether to use (n_features x n_actions) parameters for the std instead of only
