@@ -3,6 +3,7 @@
 import copy
 import io
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -384,3 +385,13 @@ def test_recommends_cpu_on_gpu_as_sb3(sb3_algo: type, algo: type) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cnn._maybe_recommend_cpu()  # a CNN policy is fine on the GPU
+
+
+def test_loads_v0_1_save_with_its_optimizer() -> None:
+    # 0.1.0 stored its policy_kwargs merged with the arguments it added and did not save use_rms_prop: an AttnA2C
+    # built with Adam must load with Adam (tests/data/make_v0_1_a2c_adam.py wrote it with 0.1.0).
+    path = Path(__file__).parent / "data" / "attn_a2c_adam_v0_1.zip"
+    model = AttnA2C.load(path, env=make_vec_env("CartPole-v1", n_envs=2, seed=0))
+    assert type(model.policy.optimizer) is th.optim.Adam
+    assert model.policy.optimizer.state_dict()["state"]  # its saved Adam state, restored
+    model.learn(20)

@@ -193,9 +193,11 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         # The policy gets the optimizer defaults and the attention arguments on top of the user's policy_kwargs,
         # while self.policy_kwargs (saved, and compared with load()'s policy_kwargs) stays what the user passed.
         user_policy_kwargs = self.policy_kwargs
+        # Saves of 0.1.0 stored them merged (optimizer included, use_rms_prop not saved): complete as they are.
+        saved_merged = "context_len" in user_policy_kwargs
         self.policy_kwargs = {
             **user_policy_kwargs,
-            **self._optimizer_defaults(),
+            **({} if saved_merged else self._optimizer_defaults()),
             **{name: getattr(self, name) for name in POLICY_ARGS},
             "next_state_head": self.next_state_coef > 0,
             "rtg_head": self.rtg_coef > 0,
