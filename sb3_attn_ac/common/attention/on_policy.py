@@ -220,6 +220,13 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self._rollout_streams: EpisodeStreams | None = None
         self._rollout_values: StreamValues | None = None
 
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_rollout_streams", "_rollout_values"]
+
+    def _keep_value_graph(self) -> bool:
+        """Whether the critic pass at the end of a rollout keeps its graph for the update (A2C's single step)."""
+        return False
+
     def _maybe_recommend_cpu(self, mlp_class_name: str = AttnActorCriticPolicy.__name__) -> None:
         # As A2C and PPO: warn when the MlpPolicy runs on the GPU (SB3 checks the policy's class name).
         super()._maybe_recommend_cpu(mlp_class_name)
@@ -227,13 +234,6 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
     def _optimizer_defaults(self) -> dict[str, Any]:
         """Optimizer arguments the algorithm gives the policy unless ``policy_kwargs`` sets them (as A2C's RMSprop)."""
         return {}
-
-    def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_rollout_streams", "_rollout_values"]
-
-    def _keep_value_graph(self) -> bool:
-        """Whether the critic pass at the end of a rollout keeps its graph for the update (A2C's single step)."""
-        return False
 
     def collect_rollouts(
         self,

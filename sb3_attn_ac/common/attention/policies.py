@@ -178,15 +178,6 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         )
         return data
 
-    def _build(self, lr_schedule: Schedule) -> None:
-        super()._build(lr_schedule)
-        if self.ortho_init:
-            # SB3 gives value_net gain 1, sized for its small tanh-MLP features. Ours reads the transformer's
-            # LayerNorm'd output (unit scale per feature), where gain 1 starts V at O(1) against returns that may be
-            # O(0.1): the first advantages are then all about -V, and A2C's first updates push the policy away
-            # from every sampled action. Gain 0.01 (SB3's for action_net) starts V near 0, as A2C's does.
-            self.value_net.apply(partial(self.init_weights, gain=0.01))
-
     def _build_mlp_extractor(self) -> None:
         # Called by _build() before the optimizer is created: build the transformer critic here too.
         super()._build_mlp_extractor()
@@ -214,6 +205,15 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.key_net: nn.Module | None = None
         if self.key_encoder == "momentum":
             self.key_net = copy.deepcopy(self.token_embedding).requires_grad_(False)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)
+        if self.ortho_init:
+            # SB3 gives value_net gain 1, sized for its small tanh-MLP features. Ours reads the transformer's
+            # LayerNorm'd output (unit scale per feature), where gain 1 starts V at O(1) against returns that may be
+            # O(0.1): the first advantages are then all about -V, and A2C's first updates push the policy away
+            # from every sampled action. Gain 0.01 (SB3's for action_net) starts V near 0, as A2C's does.
+            self.value_net.apply(partial(self.init_weights, gain=0.01))
 
     @property
     def receptive_field(self) -> int:
