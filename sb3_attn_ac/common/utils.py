@@ -61,6 +61,33 @@ def fast_adam_kwargs() -> dict[str, bool]:
     return {"fused": True} if (major, minor) >= (2, 4) else {"foreach": True}
 
 
+def is_integer(value: object) -> bool:
+    """Whether ``value`` is an integer (Python or numpy), and not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_n_steps(n_steps: int, n_episodes: int | None) -> None:
+    """Raise a ValueError for rollouts of fewer than one step per env (unused with N-trajectory rollouts)."""
+    if n_episodes is None and (not is_integer(n_steps) or n_steps < 1):
+        raise ValueError(f"n_steps must be an integer >= 1 (steps per env in each rollout), got {n_steps!r}")
+
+
+def check_advantage_normalization(normalize_advantage: bool, n_steps: int, n_envs: int, n_episodes: int | None) -> None:
+    """Raise a ValueError where advantages would be normalised over rollouts of one step (as PPO does; A2C
+    accepts them and its first update turns the parameters into NaN: the std of one value is undefined).
+
+    :param normalize_advantage: whether advantages are normalised
+    :param n_steps: steps per env in each rollout
+    :param n_envs: number of envs
+    :param n_episodes: N-trajectory rollouts (their length varies: not checked)
+    """
+    if normalize_advantage and n_episodes is None and n_steps * n_envs < 2:
+        raise ValueError(
+            "normalize_advantage=True needs rollouts of n_steps * n_envs >= 2 steps (the std of one advantage is "
+            f"undefined), got n_steps={n_steps} and n_envs={n_envs}"
+        )
+
+
 def select_masked(valid: th.Tensor, mask_ratio: float, generator: th.Generator | None = None) -> th.Tensor:
     """Choose the positions to mask: each valid position with probability ``mask_ratio``.
 
@@ -108,35 +135,12 @@ def check_contrastive_args(ct_coef: float, ct_temperature: float, mask_ratio: fl
         raise ValueError(f"mask_ratio must be in the open interval (0, 1), got {mask_ratio!r}")
 
 
-def is_integer(value: object) -> bool:
-    """Whether ``value`` is an integer (Python or numpy), and not a bool."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def check_rollout_args(n_steps: int, n_episodes: int | None, max_rollout_steps: int) -> None:
-    """Raise a ValueError naming the argument for a bad rollout length (``n_steps``, or the N-trajectory ones)."""
-    if n_episodes is None and (not is_integer(n_steps) or n_steps < 1):
-        raise ValueError(f"n_steps must be an integer >= 1 (steps per env in each rollout), got {n_steps!r}")
-    if n_episodes is not None and (not is_integer(n_episodes) or n_episodes < 1):
+def check_rollout_args(n_episodes: int | None, max_rollout_steps: int) -> None:
+    """Raise a ValueError naming the argument for a bad N-trajectory rollout argument."""
+    if n_episodes is not None and (not isinstance(n_episodes, int) or isinstance(n_episodes, bool) or n_episodes < 1):
         raise ValueError(f"n_episodes must be None (rollouts of n_steps) or an integer >= 1, got {n_episodes!r}")
-    if not is_integer(max_rollout_steps) or max_rollout_steps < 1:
+    if not isinstance(max_rollout_steps, int) or isinstance(max_rollout_steps, bool) or max_rollout_steps < 1:
         raise ValueError(f"max_rollout_steps must be an integer >= 1, got {max_rollout_steps!r}")
-
-
-def check_advantage_normalization(normalize_advantage: bool, n_steps: int, n_envs: int, n_episodes: int | None) -> None:
-    """Raise a ValueError where advantages would be normalised over rollouts of one step (as PPO does; A2C
-    accepts them and its first update turns the parameters into NaN: the std of one value is undefined).
-
-    :param normalize_advantage: whether advantages are normalised
-    :param n_steps: steps per env in each rollout
-    :param n_envs: number of envs
-    :param n_episodes: N-trajectory rollouts (their length varies: not checked)
-    """
-    if normalize_advantage and n_episodes is None and n_steps * n_envs < 2:
-        raise ValueError(
-            "normalize_advantage=True needs rollouts of n_steps * n_envs >= 2 steps (the std of one advantage is "
-            f"undefined), got n_steps={n_steps} and n_envs={n_envs}"
-        )
 
 
 def check_q_att(q_att_coef: float, action_space: spaces.Space) -> None:

@@ -25,6 +25,7 @@ from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, MaskedPass
 from sb3_attn_ac.common.utils import (
     check_attention_args,
     check_contrastive_args,
+    check_n_steps,
     check_q_att,
     check_rollout_args,
     check_spaces,
@@ -109,7 +110,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         n_episodes: int | None,
         max_rollout_steps: int,
     ) -> None:
-        check_rollout_args(n_steps, n_episodes, max_rollout_steps)
+        check_rollout_args(n_episodes, max_rollout_steps)
         check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum)
         check_contrastive_args(ct_coef, ct_temperature, mask_ratio)
         for name, value in [
@@ -126,6 +127,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
                 f"{', '.join(clash)} in policy_kwargs: pass the attention arguments to {type(self).__name__}(...) "
                 "directly (the prediction heads with next_state_coef / rtg_coef)"
             )
+        check_n_steps(n_steps, n_episodes)
         super().__init__(
             policy,
             env,
