@@ -188,12 +188,11 @@ class AttnPPO(AttnOnPolicyAlgorithm):
             check_advantage_normalization(normalize_advantage, n_steps, self.n_envs, n_episodes)
             rollout_size = self.n_envs * n_steps
             if n_episodes is None and rollout_size % batch_size > 0:
-                n_minibatches = -(-rollout_size // batch_size)
                 warnings.warn(
                     f"batch_size={batch_size} does not divide n_steps * n_envs = {rollout_size} (n_steps={n_steps}, "
-                    f"n_envs={self.n_envs}): each epoch has ceil({rollout_size} / {batch_size}) = {n_minibatches} "
-                    f"minibatches of about {rollout_size // n_minibatches} steps instead. We recommend a batch_size "
-                    "that is a factor of n_steps * n_envs.",
+                    f"n_envs={self.n_envs}): the ceil({rollout_size} / {batch_size}) minibatches of each epoch (of "
+                    "whole segments) are then smaller than batch_size. We recommend a batch_size that is a factor of "
+                    "n_steps * n_envs.",
                     stacklevel=2,
                 )
         self.batch_size = batch_size
