@@ -203,7 +203,7 @@ def outcome(algo: type, **kwargs: Any) -> str:
             return "rejects"
     try:
         model.learn(16)
-    except (ValueError, RuntimeError, UnboundLocalError):
+    except (ValueError, RuntimeError, TypeError, UnboundLocalError):
         return "fails"
     return "warns" if any(issubclass(w.category, UserWarning) for w in caught) else "accepts"
 
@@ -249,6 +249,7 @@ def test_a2c_validates_as_a2c(kwargs: dict, expected: str) -> None:
         (A2C, AttnA2C, dict(n_steps=0), "n_steps must be an integer >= 1"),
         (A2C, AttnA2C, dict(n_steps=1, normalize_advantage=True), r"normalize_advantage=True needs .* n_steps=1 and n_envs=1"),
         (PPO, AttnPPO, dict(n_steps=8, batch_size=8, n_epochs=0), "n_epochs must be an integer >= 1"),
+        (PPO, AttnPPO, dict(n_steps=8, batch_size=4.0), "batch_size must be an integer >= 1"),
     ],
 )
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")  # SB3's, on its way to failing
