@@ -151,7 +151,13 @@ def test_ppo_defaults_and_options() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [(dict(batch_size=1), "batch_size must be an integer >= 2"), (dict(clip_range_vf=0.0), "clip_range_vf must be > 0")],
+    [
+        (dict(batch_size=1), "batch_size must be >= 2 with normalize_advantage=True"),
+        (dict(batch_size=64.0), "batch_size must be an integer >= 1"),
+        (dict(n_epochs=0), "n_epochs must be an integer >= 1"),
+        (dict(clip_range_vf=0.0), "clip_range_vf must be > 0"),
+        (dict(n_steps=1), r"normalize_advantage=True needs rollouts of n_steps \* n_envs >= 2 steps"),
+    ],
 )
 def test_ppo_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from sb3_attn_ac.common.attention.buffers import tree_map
 from sb3_attn_ac.common.attention.on_policy import AttnOnPolicyAlgorithm
 from sb3_attn_ac.common.attention.policies import AttnActorCriticPolicy
+from sb3_attn_ac.common.utils import check_advantage_normalization
 
 SelfAttnA2C = TypeVar("SelfAttnA2C", bound="AttnA2C")
 
@@ -174,14 +175,23 @@ class AttnA2C(AttnOnPolicyAlgorithm):
             position_encoding=position_encoding,
             shared_transformer=shared_transformer,
         )
+        if self.env is not None:
+            check_advantage_normalization(normalize_advantage, n_steps, self.n_envs, n_episodes)
         self.normalize_advantage = normalize_advantage
-        # As A2C: RMSprop (the original implementation) unless an optimizer is given; multi-tensor (foreach)
-        # steps, because per-parameter loops dominate the update of small networks on CPU.
-        if use_rms_prop and "optimizer_class" not in self.policy_kwargs:
-            self.policy_kwargs["optimizer_class"] = th.optim.RMSprop
-            self.policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0, foreach=True)
+        self.rms_prop_eps = rms_prop_eps
+        self.use_rms_prop = use_rms_prop
         if _init_setup_model:
             self._setup_model()
+
+    def _optimizer_defaults(self) -> dict[str, Any]:
+        # As A2C: RMSprop (the original implementation) unless an optimizer class is given; multi-tensor (foreach)
+        # steps, because per-parameter loops dominate the update of small networks on CPU.
+        if not self.use_rms_prop or "optimizer_class" in self.policy_kwargs:
+            return {}
+        return dict(
+            optimizer_class=th.optim.RMSprop,
+            optimizer_kwargs=dict(alpha=0.99, eps=self.rms_prop_eps, weight_decay=0, foreach=True),
+        )
 
     def _keep_value_graph(self) -> bool:
         # A2C takes one gradient step per rollout: the rollout's critic pass serves both the advantages

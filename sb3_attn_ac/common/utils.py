@@ -1,5 +1,6 @@
 """Losses, masking and argument checks shared by the attention algorithms."""
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from torch.nn import functional as F
@@ -59,6 +60,33 @@ def fast_adam_kwargs() -> dict[str, bool]:
     """Adam's fastest step implementation available: ``fused`` (CPU support from torch 2.4), else ``foreach``."""
     major, minor = (int(x) for x in th.__version__.split(".")[:2])
     return {"fused": True} if (major, minor) >= (2, 4) else {"foreach": True}
+
+
+def is_integer(value: object) -> bool:
+    """Whether ``value`` is an integer (Python or numpy), and not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_n_steps(n_steps: int, n_episodes: int | None) -> None:
+    """Raise a ValueError for rollouts of fewer than one step per env (unused with N-trajectory rollouts)."""
+    if n_episodes is None and (not is_integer(n_steps) or n_steps < 1):
+        raise ValueError(f"n_steps must be an integer >= 1 (steps per env in each rollout), got {n_steps!r}")
+
+
+def check_advantage_normalization(normalize_advantage: bool, n_steps: int, n_envs: int, n_episodes: int | None) -> None:
+    """Raise a ValueError where advantages would be normalised over rollouts of one step (as PPO does; A2C
+    accepts them and its first update turns the parameters into NaN: the std of one value is undefined).
+
+    :param normalize_advantage: whether advantages are normalised
+    :param n_steps: steps per env in each rollout
+    :param n_envs: number of envs
+    :param n_episodes: N-trajectory rollouts (their length varies: not checked)
+    """
+    if normalize_advantage and n_episodes is None and n_steps * n_envs < 2:
+        raise ValueError(
+            "normalize_advantage=True needs rollouts of n_steps * n_envs >= 2 steps (the std of one advantage is "
+            f"undefined), got n_steps={n_steps} and n_envs={n_envs}"
+        )
 
 
 def select_masked(valid: th.Tensor, mask_ratio: float, generator: th.Generator | None = None) -> th.Tensor:

@@ -14,7 +14,7 @@ from sb3_attn_ac.common.attention.buffers import segment_streams, take
 from sb3_attn_ac.common.attention.on_policy import AttnOnPolicyAlgorithm
 from sb3_attn_ac.common.attention.policies import AttnActorCriticPolicy
 from sb3_attn_ac.common.torch_layers import TokenMeta
-from sb3_attn_ac.common.utils import fast_adam_kwargs
+from sb3_attn_ac.common.utils import check_advantage_normalization, fast_adam_kwargs, is_integer
 
 SelfAttnPPO = TypeVar("SelfAttnPPO", bound="AttnPPO")
 
@@ -140,9 +140,15 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         shared_transformer: bool = True,
         _init_setup_model: bool = True,
     ) -> None:
-        if not isinstance(batch_size, int) or batch_size < 2:
-            raise ValueError(f"batch_size must be an integer >= 2, got {batch_size!r}")
-        if not isinstance(n_epochs, int) or n_epochs < 1:
+        # PPO's checks (its assertions and warning), as ValueErrors naming the argument, plus n_epochs >= 1.
+        if not is_integer(batch_size) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if normalize_advantage and batch_size < 2:
+            raise ValueError(
+                "batch_size must be >= 2 with normalize_advantage=True (advantages are normalised per minibatch), "
+                f"got {batch_size!r}"
+            )
+        if not is_integer(n_epochs) or n_epochs < 1:
             raise ValueError(f"n_epochs must be an integer >= 1, got {n_epochs!r}")
         if isinstance(clip_range_vf, (float, int)) and clip_range_vf <= 0:
             raise ValueError(f"clip_range_vf must be > 0 (None turns value clipping off), got {clip_range_vf!r}")
@@ -187,23 +193,32 @@ class AttnPPO(AttnOnPolicyAlgorithm):
             position_encoding=position_encoding,
             shared_transformer=shared_transformer,
         )
-        if n_episodes is None and self.env is not None and (self.env.num_envs * n_steps) % batch_size > 0:
-            warnings.warn(
-                f"batch_size={batch_size} does not divide n_steps * n_envs = {self.env.num_envs * n_steps}: "
-                "the last minibatch of each epoch is smaller"
-            )
+        if self.env is not None:
+            check_advantage_normalization(normalize_advantage, n_steps, self.n_envs, n_episodes)
+            rollout_size = self.n_envs * n_steps
+            if n_episodes is None and rollout_size % batch_size > 0:
+                warnings.warn(
+                    f"batch_size={batch_size} does not divide n_steps * n_envs = {rollout_size} (n_steps={n_steps}, "
+                    f"n_envs={self.n_envs}): the ceil({rollout_size} / {batch_size}) minibatches of each epoch (of "
+                    "whole segments) are then smaller than batch_size. We recommend a batch_size that is a factor of "
+                    "n_steps * n_envs.",
+                    stacklevel=2,
+                )
         self.batch_size = batch_size
         self.n_epochs = n_epochs
         self.clip_range = clip_range
         self.clip_range_vf = clip_range_vf
         self.normalize_advantage = normalize_advantage
         self.target_kl = target_kl
-        if "optimizer_class" not in self.policy_kwargs and "optimizer_kwargs" not in self.policy_kwargs:
-            # SB3's Adam (eps=1e-5) with fused or multi-tensor steps: per-parameter loops dominate the update of
-            # small networks on CPU (fused: 3x faster than foreach here, on CPU from torch 2.4).
-            self.policy_kwargs["optimizer_kwargs"] = dict(eps=1e-5, **fast_adam_kwargs())
         if _init_setup_model:
             self._setup_model()
+
+    def _optimizer_defaults(self) -> dict[str, Any]:
+        # SB3's Adam (eps=1e-5) with fused or multi-tensor steps: per-parameter loops dominate the update of small
+        # networks on CPU (fused: 3x faster than foreach here, on CPU from torch 2.4).
+        if "optimizer_class" in self.policy_kwargs or "optimizer_kwargs" in self.policy_kwargs:
+            return {}
+        return dict(optimizer_kwargs=dict(eps=1e-5, **fast_adam_kwargs()))
 
     def _setup_model(self) -> None:
         super()._setup_model()

@@ -29,6 +29,7 @@ from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, MaskedPass
 from sb3_attn_ac.common.utils import (
     check_attention_args,
     check_contrastive_args,
+    check_n_steps,
     check_q_att,
     check_rollout_args,
     check_spaces,
@@ -136,6 +137,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
                 f"{', '.join(clash)} in policy_kwargs: pass the attention arguments to {type(self).__name__}(...) "
                 "directly (the prediction heads with next_state_coef / rtg_coef)"
             )
+        check_n_steps(n_steps, n_episodes)
         super().__init__(
             policy,
             env,
@@ -202,13 +204,22 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
             "prefix_len": self.n_layers * (self.context_len - 1),
             "carry_unfinished": self.n_episodes is not None,
         }
+        # The policy gets the optimizer defaults and the attention arguments on top of the user's policy_kwargs,
+        # while self.policy_kwargs (saved, and compared with load()'s policy_kwargs) stays what the user passed.
+        user_policy_kwargs = self.policy_kwargs
+        # Saves of 0.1.0 stored them merged (optimizer included, use_rms_prop not saved): complete as they are.
+        saved_merged = "context_len" in user_policy_kwargs
         self.policy_kwargs = {
-            **self.policy_kwargs,
+            **user_policy_kwargs,
+            **({} if saved_merged else self._optimizer_defaults()),
             **{name: getattr(self, name) for name in POLICY_ARGS},
             "next_state_head": self.next_state_coef > 0,
             "rtg_head": self.rtg_coef > 0,
         }
-        super()._setup_model()
+        try:
+            super()._setup_model()
+        finally:
+            self.policy_kwargs = user_policy_kwargs
         if self.n_episodes is not None:  # rows for the longest rollout, unfinished episodes included
             self.rollout_buffer = self.rollout_buffer_class(
                 self.max_rollout_steps,
@@ -250,6 +261,14 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
     def _keep_value_graph(self) -> bool:
         """Whether the critic pass at the end of a rollout keeps its graph for the update (A2C's single step)."""
         return False
+
+    def _maybe_recommend_cpu(self, mlp_class_name: str = AttnActorCriticPolicy.__name__) -> None:
+        # As A2C and PPO: warn when the MlpPolicy runs on the GPU (SB3 checks the policy's class name).
+        super()._maybe_recommend_cpu(mlp_class_name)
+
+    def _optimizer_defaults(self) -> dict[str, Any]:
+        """Optimizer arguments the algorithm gives the policy unless ``policy_kwargs`` sets them (as A2C's RMSprop)."""
+        return {}
 
     def collect_rollouts(
         self,

@@ -1,6 +1,7 @@
 """Actor-critic policies whose critic is a transformer over the current episode."""
 
 import copy
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
     :param net_arch: The specification of the policy and value networks; the value MLP reads the transformer's
         output. Default: ``dict(pi=[64, 64], vf=[])`` (``[]`` with NatureCNN)
     :param activation_fn: Activation function
-    :param ortho_init: Whether to use or not orthogonal initialization (the transformer keeps GPT-2's init)
+    :param ortho_init: Whether to use or not orthogonal initialization (the transformer keeps GPT-2's init; the
+        value head gets gain 0.01 instead of SB3's 1)
     :param use_sde: Whether to use State Dependent Exploration or not
     :param log_std_init: Initial value for the log standard deviation
     :param full_std: Whether to use (n_features x n_actions) parameters for the std instead of only
@@ -252,6 +254,15 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.key_net: nn.Module | None = None
         if self.key_encoder == "momentum":
             self.key_net = copy.deepcopy(self.token_embedding).requires_grad_(False)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)
+        if self.ortho_init:
+            # SB3 gives value_net gain 1, sized for its small tanh-MLP features. Ours reads the transformer's
+            # LayerNorm'd output (unit scale per feature), where gain 1 starts V at O(1) against returns that may be
+            # O(0.1): the first advantages are then all about -V, and A2C's first updates push the policy away
+            # from every sampled action. Gain 0.01 (SB3's for action_net) starts V near 0, as A2C's does.
+            self.value_net.apply(partial(self.init_weights, gain=0.01))
 
     @property
     def receptive_field(self) -> int:
