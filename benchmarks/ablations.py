@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=report.RESULTS / "ablations.jsonl")
     args = parser.parse_args()
 
-    rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.exists() else []
+    rows = report.read_rows(args.out)
     key = lambda env_id, seed, hyperparams: (env_id, seed, json.dumps(hyperparams, sort_keys=True))  # noqa: E731
     runs = {key(r["env"], r["seed"], r["hyperparams"]): r for r in rows if r["environment"]["sb3-attn-ac"] == args.version}
     labelled = []

@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=report.RESULTS / "popgym.jsonl")
     args = parser.parse_args()
 
-    rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.exists() else []
+    rows = report.read_rows(args.out)
     rows = report.current(rows, args.version)
     if not args.aggregate_only:
         done = {(r["algo"], r["env"], r["seed"]) for r in rows}

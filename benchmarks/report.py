@@ -120,6 +120,11 @@ def holds(returns: list[float]) -> bool:
     return min(returns[-max(1, len(returns) // 5) :]) >= best - 0.1 * abs(best)
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The JSON lines of a results file (none if it does not exist yet)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 def config(entry: dict) -> dict[str, str]:
     """A hyperparameter entry as rows record it."""
     return {k: str(v) for k, v in entry.items()}
@@ -194,7 +199,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
-    rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.exists() else []
+    rows = read_rows(args.out)
     rows = current(rows, args.version)  # older versions' rows of our algorithms stay in the file as history
     if not args.aggregate_only:
         done = {(r["algo"], r["env"], r["seed"], json.dumps(r["hyperparams"], sort_keys=True)) for r in rows}
