@@ -281,9 +281,6 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
 
     # ----------------------------------------------------------------------------------------------------
     # The transformer over streams (training, "Method 2")
-    def _critic_features(self, obs: PyTorchObs) -> th.Tensor:
-        return BasePolicy.extract_features(self, obs, self.vf_features_extractor)  # type: ignore[return-value]
-
     def _critic(self, tokens: th.Tensor, meta: TokenMeta, band: Band | None = None) -> th.Tensor:
         band = Band(meta, self.context_len) if band is None else band
         return self.transformer(tokens + self.positions(meta.timesteps), band)
@@ -314,7 +311,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             shared), and the masked pass (or None)
         """
         B, L = meta.timesteps.shape
-        features = self._critic_features(observations).view(B, L, -1)  # (B, L, F)
+        features = self._encoder_features(observations, self).view(B, L, -1)  # (B, L, F)
         tokens = self.token_embedding(features)  # (B, L, D)
         if band is None:
             band = self.stream_band(meta, masked=mask_ratio is not None)
@@ -349,13 +346,13 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         """
         if self.actor_encoder is None:
             return hidden
-        B, L = meta.timesteps.shape
-        if not self.share_features_extractor:
-            features = BasePolicy.extract_features(self, observations, self.pi_features_extractor).view(B, L, -1)  # type: ignore[union-attr]
+        B = meta.timesteps.shape[0]
         if len(band.allowed) > B:  # the masked rows are the critic's only
             band = band.select(th.arange(B, device=features.device))
-        encoder = self.actor_encoder
-        return encoder.transformer(encoder.token_embedding(features) + encoder.positions(meta.timesteps), band)
+        shared_features = features if self.share_features_extractor else None
+        return self.actor_encoder.transformer(
+            self._tokens(self.actor_encoder, observations, meta.timesteps, shared_features), band
+        )
 
     def stream_band(self, meta: TokenMeta, masked: bool) -> Band:
         """The attention layout of :meth:`stream_forward` for streams with metadata ``meta``: B causal rows,
@@ -463,7 +460,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         """
         obs, meta = self._stream_inputs(observations, episode_starts)
         with th.no_grad():
-            tokens = self.token_embedding(self._critic_features(obs))[None] + self.positions(meta.timesteps)
+            tokens = self._tokens(self, obs, meta.timesteps)
             return [w[0] for w in self.transformer.attention_weights(tokens, Band(meta, self.context_len))]
 
     def predict_values(self, obs: PyTorchObs) -> th.Tensor:
@@ -480,14 +477,32 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         extractor = self.vf_features_extractor if encoder is self else self.pi_features_extractor
         return BasePolicy.extract_features(self, obs, extractor)  # type: ignore[return-value]
 
+    def _tokens(
+        self,
+        encoder: "AttnActorCriticPolicy | EpisodeEncoder",
+        obs: PyTorchObs,
+        timesteps: th.Tensor,
+        features: th.Tensor | None = None,
+    ) -> th.Tensor:
+        """The input tokens of the critic's transformer (``encoder is self``) or the actor's: the embedding of each
+        observation's features plus its position embedding.
+
+        :param encoder: whose token embedding and positions
+        :param obs: (N, *obs_shape) observations, N = timesteps.numel(), row-major
+        :param timesteps: (...,) their index within their episodes
+        :param features: (..., F) their features, if already extracted by that encoder's extractor
+        :return: (..., D) tokens
+        """
+        if features is None:
+            features = self._encoder_features(obs, encoder).view(*timesteps.shape, -1)
+        return encoder.token_embedding(features) + encoder.positions(timesteps)
+
     def _first_step_hidden(self, obs: PyTorchObs, encoder: "AttnActorCriticPolicy | EpisodeEncoder") -> th.Tensor:
         """(N, D) output of the critic's (``encoder is self``) or the actor's transformer for each observation
         as the first step of an episode."""
-        features = self._encoder_features(obs, encoder)
-        zeros = th.zeros(len(features), 1, dtype=th.long, device=features.device)
+        zeros = th.zeros(batch_len(obs), 1, dtype=th.long, device=self.device)
         meta = TokenMeta(zeros, zeros, th.ones_like(zeros, dtype=th.bool))
-        tokens = encoder.token_embedding(features)[:, None] + encoder.positions(meta.timesteps)
-        return encoder.transformer(tokens, Band(meta, self.context_len))[:, 0]
+        return encoder.transformer(self._tokens(encoder, obs, meta.timesteps), Band(meta, self.context_len))[:, 0]
 
     # ----------------------------------------------------------------------------------------------------
     # The actor
@@ -562,8 +577,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         if n == 0:
             return self.empty_cache(E)
         encoder = self._acting_encoder
-        features = self._encoder_features(observations, encoder).view(E, P, -1)
-        tokens = encoder.token_embedding(features) + encoder.positions(meta.timesteps)
+        tokens = self._tokens(encoder, observations, meta.timesteps)
         _, keys, values = encoder.transformer.forward_with_cache(tokens, Band(meta, self.context_len))
         tail = TokenMeta(*(m[:, P - n :] for m in meta))
         valid = tail.valid & (tail.episode_ids == meta.episode_ids[:, -1:])  # the last step's episode only
@@ -580,8 +594,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             rolled forward
         """
         encoder = self._acting_encoder
-        tokens = encoder.token_embedding(self._encoder_features(obs, encoder)) + encoder.positions(timesteps)
-        hidden, cache = encoder.transformer.step(tokens, cache)
+        hidden, cache = encoder.transformer.step(self._tokens(encoder, obs, timesteps), cache)
         return self.action_distribution(obs, hidden), hidden, cache
 
     def predict(
