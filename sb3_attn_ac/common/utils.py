@@ -139,6 +139,28 @@ def check_contrastive_args(ct_coef: float, ct_temperature: float, mask_ratio: fl
         raise ValueError(f"mask_ratio must be in the open interval (0, 1), got {mask_ratio!r}")
 
 
+def check_loss_coefs(q_att_loss_coef: float, next_state_coef: float, rtg_coef: float) -> None:
+    """Raise a ValueError naming the argument for a negative weight of an auxiliary loss."""
+    for name, value in [("q_att_loss_coef", q_att_loss_coef), ("next_state_coef", next_state_coef), ("rtg_coef", rtg_coef)]:
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0 (0 turns the term off), got {value!r}")
+
+
+def check_policy_kwargs(policy_kwargs: dict | None, reserved: tuple[str, ...], owner: str) -> None:
+    """Raise a ValueError for attention arguments passed in ``policy_kwargs`` (the algorithm sets them itself).
+
+    :param policy_kwargs: the user's policy arguments
+    :param reserved: the policy arguments the algorithm sets
+    :param owner: what takes the attention arguments directly (named in the message)
+    """
+    clash = sorted(set(policy_kwargs or {}) & {*reserved, "next_state_head", "rtg_head"})
+    if clash:
+        raise ValueError(
+            f"{', '.join(clash)} in policy_kwargs: pass the attention arguments to {owner}(...) "
+            "directly (the prediction heads with next_state_coef / rtg_coef)"
+        )
+
+
 def check_rollout_args(n_episodes: int | None, max_rollout_steps: int) -> None:
     """Raise a ValueError naming the argument for a bad N-trajectory rollout argument."""
     if n_episodes is not None and (not isinstance(n_episodes, int) or isinstance(n_episodes, bool) or n_episodes < 1):

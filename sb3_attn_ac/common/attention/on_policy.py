@@ -29,7 +29,9 @@ from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, MaskedPass
 from sb3_attn_ac.common.utils import (
     check_attention_args,
     check_contrastive_args,
+    check_loss_coefs,
     check_n_steps,
+    check_policy_kwargs,
     check_q_att,
     check_rollout_args,
     check_spaces,
@@ -123,20 +125,9 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         check_rollout_args(n_episodes, max_rollout_steps)
         check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum, position_encoding)
         check_contrastive_args(ct_coef, ct_temperature, mask_ratio)
-        for name, value in [
-            ("q_att_loss_coef", q_att_loss_coef),
-            ("next_state_coef", next_state_coef),
-            ("rtg_coef", rtg_coef),
-        ]:
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0 (0 turns the term off), got {value!r}")
+        check_loss_coefs(q_att_loss_coef, next_state_coef, rtg_coef)
         # The algorithm sets these policy arguments itself (the heads from next_state_coef and rtg_coef).
-        clash = sorted(set(policy_kwargs or {}) & {*POLICY_ARGS, "next_state_head", "rtg_head"})
-        if clash:
-            raise ValueError(
-                f"{', '.join(clash)} in policy_kwargs: pass the attention arguments to {type(self).__name__}(...) "
-                "directly (the prediction heads with next_state_coef / rtg_coef)"
-            )
+        check_policy_kwargs(policy_kwargs, POLICY_ARGS, type(self).__name__)
         check_n_steps(n_steps, n_episodes)
         super().__init__(
             policy,
