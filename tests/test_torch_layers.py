@@ -120,6 +120,32 @@ def test_incremental_steps_equal_the_batched_pass() -> None:
             assert th.allclose(out[0], batched[0, t], atol=1e-5), t
 
 
+@pytest.mark.parametrize("T", [3, 25])  # dense window, then chunks
+def test_a_batched_pass_from_a_cache_equals_incremental_steps(T: int) -> None:
+    # RLlib's training sequences: the state at a sequence's first step is the cache, the rest runs batched.
+    K, D, L, P = 5, 16, 2, 6
+    model = random_transformer(D, L, K)
+    x = th.randn(2, P + T, D)
+    cache = KVCache(th.zeros(L, 2, 2, K - 1, D // 2), th.zeros(L, 2, 2, K - 1, D // 2), th.zeros(2, K - 1, dtype=th.bool))
+    outputs = []
+    with th.no_grad():
+        for t in range(P + T):
+            out, cache = model.step(x[:, t], cache)
+            outputs.append(out)
+            if t == P - 1:
+                start = cache
+        columns = th.arange(K - 1 + T)
+        meta = TokenMeta(
+            (P - (K - 1) + columns).expand(2, -1),
+            th.zeros(2, K - 1 + T, dtype=th.long),
+            th.cat([start.valid, th.ones(2, T, dtype=th.bool)], 1),
+        )
+        batched, keys, values = model.forward_from_cache(x[:, P:], Band(meta, K), start)
+    assert th.allclose(batched, th.stack(outputs[P:], 1), atol=1e-5)
+    assert th.allclose(keys[..., -(K - 1) :, :], cache.keys, atol=1e-5)
+    assert th.allclose(values[..., -(K - 1) :, :], cache.values, atol=1e-5)
+
+
 @pytest.mark.parametrize("T", [9, 40])  # dense window, then chunks
 def test_attention_weights_rows_are_causal_windows_within_episodes(T: int) -> None:
     K = 4

@@ -151,11 +151,22 @@ class WindowAttention(nn.Module):
         """(H, 2K - 1) score bias per head and offset ``ts_i - ts_j`` + K - 1 (None without relative positions)."""
         return None if self.offset_bias_raw is None else self.OFFSET_BIAS_SCALE * self.offset_bias_raw
 
-    def forward(self, x: th.Tensor, band: Band) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """(B, T, D) -> (B, T, D) output, and this layer's keys and values, each (B, H, T, d)."""
+    def forward(
+        self, x: th.Tensor, band: Band, past: tuple[th.Tensor, th.Tensor] | None = None
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """(B, T, D) -> (B, T, D) output, and this layer's keys and values, each (B, H, T, d).
+
+        With ``past`` (cached keys and values of P earlier steps, each (B, H, P, d)) the band covers those P steps
+        then the T new ones; the keys and values returned are then (B, H, P + T, d).
+        """
         B, T, D = x.shape
         H = self.n_heads
         q, k, v = self.qkv(x).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)  # each (B, H, T, d)
+        P = 0
+        if past is not None:  # the cached steps come first; their zero queries' outputs are dropped below
+            P = past[0].shape[2]
+            q = F.pad(q, (0, 0, P, 0))  # (B, H, P + T, d)
+            k, v = th.cat([past[0], k], dim=2), th.cat([past[1], v], dim=2)
         y = F.scaled_dot_product_attention(
             band.queries(q),  # (B, H, nC, C, d)
             band.windows(k),  # (B, H, nC, W, d)
@@ -163,7 +174,7 @@ class WindowAttention(nn.Module):
             attn_mask=band.scores_mask(self.offset_bias),
             dropout_p=self.dropout if self.training else 0.0,
         )
-        return self.resid_dropout(self.proj(band.merge(y))), k, v
+        return self.resid_dropout(self.proj(band.merge(y)[:, P:])), k, v
 
     def weights(self, x: th.Tensor, band: Band) -> th.Tensor:
         """The attention weights of :meth:`forward` (without dropout), as dense (B, H, T, T) matrices
@@ -222,8 +233,10 @@ class Block(nn.Module):
             nn.Linear(d_model, 2 * d_model), nn.ReLU(), nn.Linear(2 * d_model, d_model), dropout_layer(dropout)
         )
 
-    def forward(self, x: th.Tensor, band: Band) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        y, k, v = self.attn(self.ln_1(x), band)
+    def forward(
+        self, x: th.Tensor, band: Band, past: tuple[th.Tensor, th.Tensor] | None = None
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        y, k, v = self.attn(self.ln_1(x), band, past)
         x = x + y
         return x + self.mlp(self.ln_2(x)), k, v
 
@@ -308,6 +321,24 @@ class EpisodeTransformer(nn.Module):
             x, k, v = block(x, band)
             keys.append(k[:, :, k.shape[2] - n :])
             values.append(v[:, :, v.shape[2] - n :])
+        return self.ln_f(x), th.stack(keys), th.stack(values)
+
+    def forward_from_cache(self, x: th.Tensor, band: Band, cache: "KVCache") -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """:meth:`forward` over tokens that continue the rows of ``cache`` (the batched form of T :meth:`step` calls,
+        e.g. RLlib's training sequences, whose state is the cache at their first step). ``band`` covers the K - 1
+        cached steps (``cache.valid``), then the T new tokens.
+
+        :param x: (B, T, D) new tokens (embedding + position)
+        :param band: layout and mask of the K - 1 + T steps
+        :param cache: the K - 1 steps before the new tokens, every layer
+        :return: (B, T, D) outputs, and every layer's keys and values of the K - 1 + T steps, each
+            (n_layers, B, H, K - 1 + T, d)
+        """
+        keys, values = [], []
+        for i, block in enumerate(self.blocks):
+            x, k, v = block(x, band, (cache.keys[i], cache.values[i]))
+            keys.append(k)
+            values.append(v)
         return self.ln_f(x), th.stack(keys), th.stack(values)
 
     def step(self, x: th.Tensor, cache: "KVCache") -> tuple[th.Tensor, "KVCache"]:

@@ -7,9 +7,9 @@ exposes it through RLlib's stateful-module contract, as RLlib's LSTM modules do:
 - the state is the transformer's rolling key/value cache, exactly what ``predict(state)`` keeps on the SB3 side
   (keys and values of the last ``context_len - 1`` steps of every layer, which slots hold steps of the running
   episode, and the episode step of the next observation), with the batch axis first as RLlib wants it;
-- a forward pass over (B, T) sequences starts from ``STATE_IN`` and advances the cache one step at a time (the
-  acting-time computation itself, so training values and log-probabilities equal acting-time ones for the same
-  parameters), and ``STATE_OUT`` is the cache after each sequence's last step (padding leaves it unchanged).
+- a forward pass over (B, T) sequences starts from ``STATE_IN``: every step attends to the cached steps and the
+  sequence's earlier ones (one batched pass over both), so training values and log-probabilities equal acting-time
+  ones for the same parameters, and ``STATE_OUT`` is the cache after each sequence's last (unpadded) step.
 
 RLlib cuts episodes into ``max_seq_len`` sequences and gives each the state at its first step (its previous
 chunk's last ``STATE_OUT``, recorded while acting): the transformer's window then reaches back across sequence and
@@ -36,7 +36,7 @@ from stable_baselines3.common.utils import FloatSchedule
 
 from sb3_attn_ac.common.attention.on_policy import POLICY_ARGS
 from sb3_attn_ac.common.attention.policies import AttnActorCriticPolicy
-from sb3_attn_ac.common.torch_layers import KVCache, TokenMeta
+from sb3_attn_ac.common.torch_layers import Band, KVCache, TokenMeta
 from sb3_attn_ac.rllib.checks import check_rllib_spaces
 
 # The per-env parts of the state, in predict(state)'s order.
@@ -110,41 +110,67 @@ class AttnPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
         return self.policy._value_head(hidden)
 
     def episode_pass(self, batch: dict[str, Any]) -> tuple[th.Tensor, dict[str, th.Tensor]]:
-        """The transformer over (B, T) sequences that continue the episodes of ``STATE_IN``: the incremental
-        acting-time pass (:meth:`EpisodeTransformer.step <sb3_attn_ac.common.torch_layers.EpisodeTransformer.step>`),
-        one step at a time, so every step sees what it saw while acting.
+        """The transformer over (B, T) sequences that continue the episodes of ``STATE_IN``: every step attends to
+        the cached steps and the sequence's earlier ones, as it did while acting. Acting (T = 1) runs the
+        incremental step of the SB3 side's ``predict``; training sequences run in one batched pass over the cached
+        steps and the sequence (:meth:`EpisodeTransformer.forward_from_cache
+        <sb3_attn_ac.common.torch_layers.EpisodeTransformer.forward_from_cache>`).
 
         :param batch: observations (B, T, ...), ``STATE_IN`` and, for zero-padded sequences, ``SEQ_LENS`` (B,)
-        :return: (B, T) transformer outputs (B, T, D) and the state after each sequence's last (unpadded) step
+        :return: the transformer's outputs (B, T, D) and the state after each sequence's last (unpadded) step
         """
         state = batch[Columns.STATE_IN]
-        T = self._batch_shape(batch)[1]
+        B, T = self._batch_shape(batch)
         start = state["timesteps"].long()  # (B,)
-        timesteps = start[:, None] + th.arange(T, device=start.device)  # (B, T)
-        tokens = self.policy._tokens(self.policy, self._flat_obs(batch), timesteps)  # (B, T, D)
+        columns = th.arange(T, device=start.device)
+        tokens = self.policy._tokens(self.policy, self._flat_obs(batch), start[:, None] + columns)  # (B, T, D)
         # KVCache keeps layers first: (B, n_layers, H, K - 1, d) -> (n_layers, B, H, K - 1, d)
         cache = KVCache(state["keys"].transpose(0, 1), state["values"].transpose(0, 1), state["valid"].bool())
         lengths = batch.get(Columns.SEQ_LENS)
-        outputs = []
-        for t in range(T):
-            hidden, stepped = self.policy.transformer.step(tokens[:, t], cache)
-            if lengths is not None:  # past a sequence's end (zero padding) its cache stays as it was
-                live = t < lengths  # (B,)
-                stepped = KVCache(
-                    th.where(live[None, :, None, None, None], stepped.keys, cache.keys),
-                    th.where(live[None, :, None, None, None], stepped.values, cache.values),
-                    th.where(live[:, None], stepped.valid, cache.valid),
-                )
-            cache = stepped
-            outputs.append(hidden)
-        n_steps = T if lengths is None else lengths.long()
+        lengths = th.full((B,), T, device=start.device) if lengths is None else lengths.long()
+        if T == 1:
+            hidden, cache = self.policy.transformer.step(tokens[:, 0], cache)
+            hidden = hidden[:, None]
+        else:
+            hidden, cache = self._sequence_pass(tokens, start, cache, lengths)
         state_out = {
             "keys": cache.keys.transpose(0, 1),
             "values": cache.values.transpose(0, 1),
             "valid": cache.valid.float(),
-            "timesteps": start + n_steps,
+            "timesteps": start + lengths,
         }
-        return th.stack(outputs, dim=1), state_out
+        return hidden, state_out
+
+    def _sequence_pass(
+        self, tokens: th.Tensor, start: th.Tensor, cache: KVCache, lengths: th.Tensor
+    ) -> tuple[th.Tensor, KVCache]:
+        """The batched pass over the K - 1 cached steps and T new tokens (zero padding after ``lengths``)::
+
+            columns   | cached K - 1 steps | new tokens 0 ... lengths - 1 | padding |
+            valid     |    cache.valid     |            True              |  False  |
+            timesteps | start - K + 1 ...  |  start ...                                 (all one episode)
+
+        :param tokens: (B, T, D) the new tokens
+        :param start: (B,) episode step of each row's first new token
+        :param cache: the K - 1 steps before them
+        :param lengths: (B,) unpadded length of each row
+        :return: (B, T, D) outputs and the cache after each row's last unpadded step
+        """
+        B, T, _ = tokens.shape
+        n = self.policy.context_len - 1
+        columns = th.arange(n + T, device=start.device)
+        new_valid = columns[:T] < lengths[:, None]  # (B, T)
+        meta = TokenMeta(
+            start[:, None] - n + columns,  # (B, n + T)
+            th.zeros(B, n + T, dtype=th.long, device=start.device),
+            th.cat([cache.valid, new_valid], dim=1),
+        )
+        hidden, keys, values = self.policy.transformer.forward_from_cache(tokens, Band(meta, n + 1), cache)
+        # After a row's last step its window holds columns lengths ... lengths + n - 1 of the n + T.
+        window = lengths[:, None] + th.arange(n, device=start.device)  # (B, n)
+        L, _, H, _, d = keys.shape
+        index = window[None, :, None, :, None].expand(L, B, H, n, d)
+        return hidden, KVCache(keys.gather(3, index), values.gather(3, index), meta.valid.gather(1, window))
 
     def _batch_shape(self, batch: dict[str, Any]) -> tuple[int, int]:
         """(B, T) of the batch's observations."""
