@@ -9,8 +9,9 @@ Evaluation: 10 deterministic episodes (``explore=False``) every 10% of the budge
 Resumable: every finished (algo, env, seed) is one JSON line in ``--out``, with hyperparameters, versions and wall
 time; aggregation (IQM, bootstrap CIs, curves) as ``report.py``.
 
-``--throughput`` measures env steps per second of whole training iterations (sampling and update) with 1, 2 and 4
-env runners on this machine (one JSON line per count in ``--throughput-out``).
+``--throughput`` measures env steps per second with 1, 2 and 4 env runners on this machine, of whole training
+iterations (sampling, then the update on one learner) and of sampling alone (one JSON line per count and algorithm
+in ``--throughput-out``).
 
     python benchmarks/rllib.py --seeds 0 1 2
     python benchmarks/rllib.py --throughput
@@ -141,7 +142,8 @@ def run(algo: str, env_id: str, seed: int, budget: int, evaluations: int = 10) -
 
 
 def throughput(algo: str, env_id: str, n_env_runners: int, iterations: int) -> dict:
-    """Env steps per second of whole training iterations (after one warm-up iteration) with ``n_env_runners``."""
+    """Env steps per second with ``n_env_runners``: of whole training iterations (sampling, then the update on one
+    learner; after one warm-up iteration), and of sampling alone (every env runner sampling 2,000 steps at once)."""
     algo_obj = make_config(algo, env_id, n_env_runners).build_algo()
     try:
         first = algo_obj.train()[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED_LIFETIME]
@@ -149,6 +151,12 @@ def throughput(algo: str, env_id: str, n_env_runners: int, iterations: int) -> d
         for _ in range(iterations):
             last = algo_obj.train()[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED_LIFETIME]
         wall = time.perf_counter() - start
+        start = time.perf_counter()
+        chunks = algo_obj.env_runner_group.foreach_env_runner(
+            lambda runner: sum(len(e) for e in runner.sample(num_timesteps=2000, random_actions=False)),
+            local_env_runner=False,
+        )
+        sampling = sum(chunks) / (time.perf_counter() - start)
     finally:
         algo_obj.stop()
     return {
@@ -159,6 +167,7 @@ def throughput(algo: str, env_id: str, n_env_runners: int, iterations: int) -> d
         "env_steps": int(last - first),
         "wall_s": wall,
         "env_steps_per_s": (last - first) / wall,
+        "sampling_env_steps_per_s": sampling,
         "hyperparams": hyperparams(algo),
         "environment": versions(),
     }
@@ -191,7 +200,11 @@ def main() -> None:
                 row = throughput(algo, args.envs[0], n, args.iterations)
                 with args.throughput_out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
-                print(f"{algo} {row['env']} {n} env runner(s): {row['env_steps_per_s']:.0f} env steps/s", flush=True)
+                print(
+                    f"{algo} {row['env']} {n} env runner(s): {row['env_steps_per_s']:.0f} env steps/s (sampling "
+                    f"alone {row['sampling_env_steps_per_s']:.0f})",
+                    flush=True,
+                )
         return
     rows = list({(r["algo"], r["env"], r["seed"]): r for r in report.read_rows(args.out)}.values())
     if not args.aggregate_only:
