@@ -1,8 +1,11 @@
 """The main job (``make run``) and the examples run end to end on tiny budgets."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,3 +48,11 @@ def test_attention_map(tmp_path) -> None:
     out = run_example("attention_map.py", "--timesteps", "256", "--steps", "20", "--out", str(png), cwd=tmp_path)
     assert "1 layer(s) x 2 head(s)" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rllib_example(tmp_path) -> None:
+    pytest.importorskip("ray")
+    args = ["--iterations", "1", "--train-batch", "256", "--env-runners", "1", "--out", str(tmp_path / "checkpoint")]
+    out = run_example("rllib_cartpole_novel.py", *args, cwd=tmp_path)
+    assert re.search(r"iteration 1: \d+ env steps, mean return [\d.]+, contrastive loss \d+\.\d+", out), out
+    assert (tmp_path / "checkpoint" / "algorithm_state.pkl").exists()
