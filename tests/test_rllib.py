@@ -6,10 +6,13 @@ import copy
 import inspect
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch as th
+from torch import nn
 
 ray = pytest.importorskip("ray")
 
@@ -64,6 +67,11 @@ def learner_batch(learner, chunks: list) -> dict:
 
 # ------------------------------------------------------------------------------------------------------
 # Arguments and errors (no Ray)
+def test_the_base_package_does_not_import_ray() -> None:
+    code = "import sys, sb3_attn_ac; assert 'ray' not in sys.modules, 'sb3_attn_ac imports ray'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 def test_attention_arguments_have_attn_ppos_names_and_defaults() -> None:
     signature = inspect.signature(AttnPPO).parameters
     config = AttnPPOConfig()
@@ -292,7 +300,8 @@ def local_ray():
 
 
 def test_checkpoint_round_trip_gives_identical_actions_and_values(local_ray, tmp_path) -> None:
-    algo = small_config(actor_context=True).build_algo()
+    policy_kwargs = dict(net_arch=dict(pi=[16], vf=[]), activation_fn=nn.ReLU)  # a class in the saved config
+    algo = small_config(actor_context=True, policy_kwargs=policy_kwargs).build_algo()
     algo.train()
     algo.save_to_path(str(tmp_path))
     restored = Algorithm.from_checkpoint(str(tmp_path))

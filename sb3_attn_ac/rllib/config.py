@@ -108,7 +108,7 @@ class AttnPPOConfig(PPOConfig):
             ValueError: RLlib's ``.env_runners()`` and ``.training()`` set rollouts
         :return: this config
         """
-        given = {name: value for name, value in locals().items() if name not in ("self", "rollout_args", "given")}
+        given = {name: value for name, value in locals().items() if name not in ("self", "rollout_args")}
         given = {name: value for name, value in given.items() if value is not NotProvided}
         unknown = sorted(set(rollout_args) - {"n_episodes", "max_rollout_steps"})
         if unknown:
