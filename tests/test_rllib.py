@@ -33,7 +33,7 @@ from sb3_attn_ac.rllib.config import ATTENTION_ARGS  # noqa: E402
 SMALL = dict(context_len=4, n_layers=2, d_model=16, policy_kwargs=dict(net_arch=dict(pi=[16], vf=[])))
 
 
-def small_config(env_id: str = "CartPole-v1", **kwargs) -> AttnPPOConfig:
+def small_config(env_id: str | type = "CartPole-v1", **kwargs) -> AttnPPOConfig:
     """A tiny config: sequences of 5 steps, fragments of 12 steps in each of 2 envs per runner."""
     return (
         attn_ppo_config(**{**SMALL, "max_seq_len": 5, **kwargs})
@@ -288,6 +288,28 @@ def test_update_trains_and_steps_the_momentum_key_encoder_after_each_optimizer_s
     m = config.key_momentum
     for old, online, new in zip(keys, policy.token_embedding.parameters(), policy.key_net.parameters(), strict=True):
         th.testing.assert_close(new, m * old + (1 - m) * online)
+
+
+class DictCartPole(gym.ObservationWrapper):
+    """CartPole with its observation as a Dict of two Boxes."""
+
+    def __init__(self, env_config: dict | None = None) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+        low, high = self.env.observation_space.low, self.env.observation_space.high
+        self.observation_space = spaces.Dict({"cart": spaces.Box(low[:2], high[:2]), "pole": spaces.Box(low[2:], high[2:])})
+
+    def observation(self, observation: np.ndarray) -> dict[str, np.ndarray]:
+        return {"cart": observation[:2], "pole": observation[2:]}
+
+
+@pytest.mark.parametrize("env_id", [DictCartPole, "MountainCarContinuous-v0"])
+def test_dict_observations_and_box_actions_train(env_id) -> None:
+    config = small_config(env_id, actor_context=True, next_state_coef=0.5)
+    runner = SingleAgentEnvRunner(config=config)
+    learner = config.build_learner(env=runner.env)
+    results = learner.update(episodes=runner.sample(num_timesteps=48, random_actions=False), timesteps={})
+    for name in ["policy_loss", "vf_loss", "contrastive_loss", "next_state_loss"]:
+        assert np.isfinite(results[DEFAULT_MODULE_ID][name].peek()), name
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch as th
 import tree
+from gymnasium import spaces
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.models.catalog import Catalog
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
@@ -31,6 +32,7 @@ from stable_baselines3.common.distributions import (
     Distribution,
     MultiCategoricalDistribution,
 )
+from stable_baselines3.common.torch_layers import CombinedExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.common.utils import FloatSchedule
 
@@ -38,9 +40,6 @@ from sb3_attn_ac.common.attention.on_policy import POLICY_ARGS
 from sb3_attn_ac.common.attention.policies import AttnActorCriticPolicy
 from sb3_attn_ac.common.torch_layers import Band, KVCache, TokenMeta
 from sb3_attn_ac.rllib.checks import check_rllib_spaces
-
-# The per-env parts of the state, in predict(state)'s order.
-STATE_KEYS = ("keys", "values", "valid", "timesteps")
 
 
 class AttnPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
@@ -57,12 +56,15 @@ class AttnPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
     def setup(self) -> None:
         config = self.model_config
         check_rllib_spaces(self.observation_space, self.action_space, config["q_att_coef"])
+        policy_kwargs = dict(config.get("policy_kwargs") or {})
+        if isinstance(self.observation_space, spaces.Dict):  # SB3's MultiInputPolicy: one extractor per key
+            policy_kwargs.setdefault("features_extractor_class", CombinedExtractor)
         # RLlib's Learner owns the optimizer: the policy's own (built by SB3, lr 0) is never stepped.
         self.policy = AttnActorCriticPolicy(
             self.observation_space,
             self.action_space,
             FloatSchedule(0.0),
-            **config.get("policy_kwargs") or {},
+            **policy_kwargs,
             **{name: config[name] for name in POLICY_ARGS},
             next_state_head=config["next_state_coef"] > 0,
             rtg_head=config["rtg_coef"] > 0,
