@@ -81,9 +81,9 @@ class AttnPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
         valid slots ``(context_len - 1,)`` (0/1) and the episode step of the next observation (0)."""
         cache = self.policy.empty_cache(1)
         return {
-            "keys": cache.keys[:, 0].numpy(),
-            "values": cache.values[:, 0].numpy(),
-            "valid": cache.valid[0].float().numpy(),
+            "keys": cache.keys[:, 0].cpu().numpy(),
+            "values": cache.values[:, 0].cpu().numpy(),
+            "valid": cache.valid[0].float().cpu().numpy(),
             "timesteps": np.zeros((), dtype=np.int64),
         }
 
