@@ -42,8 +42,7 @@ from ray.rllib.utils.metrics import (
 )
 from ray.tune.registry import register_env
 
-from sb3_attn_ac.rllib import attn_ppo_config
-from sb3_attn_ac.rllib.envs import register_gym_env
+from sb3_attn_ac.rllib import attn_ppo_config, register_gym_env
 
 
 def import_popgym() -> None:

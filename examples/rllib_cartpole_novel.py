@@ -12,8 +12,7 @@ import ray
 import torch as th
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN, LEARNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
-from sb3_attn_ac.rllib import attn_ppo_config
-from sb3_attn_ac.rllib.envs import register_gym_env
+from sb3_attn_ac.rllib import attn_ppo_config, register_gym_env
 
 th.set_num_threads(1)
 
