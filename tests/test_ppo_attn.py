@@ -54,12 +54,20 @@ def test_cue_recall_needs_actor_context(actor_context: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(actor_context=False), dict(actor_context=True), dict(actor_context=True, shared_transformer=False)]
+    "kwargs",
+    [
+        dict(actor_context=False),
+        dict(actor_context=True),
+        dict(actor_context=True, shared_transformer=False),
+        dict(actor_context=True, prev_action=True),
+    ],
 )
 def test_segments_replay_acting_context_exactly(kwargs: dict) -> None:
     # Frozen parameters: the minibatch segments must reproduce the acting-time log-probs and values.
     env = make_vec_env("CartPole-v1", n_envs=3, seed=0, env_kwargs=dict(max_episode_steps=12))
     model = AttnPPO("MlpPolicy", env, learning_rate=0.0, n_layers=2, **kwargs, **TINY)
+    if model.policy.action_embedding is not None:
+        th.nn.init.normal_(model.policy.action_embedding.weight)  # the previous action must visibly matter
     model.learn(3 * 16 * 3)
     buffer, streams = model.rollout_buffer, model._rollout_streams
     segments = segment_streams(streams, 5)  # short segments: most of them start inside an episode
@@ -68,7 +76,8 @@ def test_segments_replay_acting_context_exactly(kwargs: dict) -> None:
     model.policy.set_training_mode(False)
     with th.no_grad():
         obs = take(streams.observations, segments.index.flatten())
-        hidden, actor_hidden, _ = model.policy.stream_forward(obs, segments.meta)
+        prev_actions = streams.prev_actions[segments.index.flatten()]
+        hidden, actor_hidden, _ = model.policy.stream_forward(obs, segments.meta, prev_actions=prev_actions)
         trained = segments.steps >= 0
         dist = model.policy.action_distribution(take(obs, trained.flatten()), actor_hidden[trained])
         log_prob = dist.log_prob(th.as_tensor(buffer.actions.reshape(-1)[steps.numpy()]))
