@@ -7,11 +7,12 @@ script with the same seeds.
 Variants: the position encoding of sb3-attn-ac 0.1 (``position_encoding=absolute``: a sinusoidal embedding of
 the episode step instead of per-head offset biases and a start embedding); RecurrentPPO's tuned learning rate
 ("constant learning rate": 3e-4 on CartPoleNoVel, 1e-3 on PendulumNoVel, where the entries now anneal
-``lin_1e-3``); an actor transformer of its own
-(``shared_transformer=False``); the contrastive loss off
-(``ct_coef=0``); a context-free critic and actor (``context_len=1``); the issue-6 options: Q_att action
-preferences (``q_att_coef=1``, Discrete actions only), the masked next-state and reward-to-go heads
-(``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts (``n_episodes=n_envs``).
+``lin_1e-3``); an actor transformer of its own (``shared_transformer=False``); the previous action in every
+token or not (``prev_action``, flipped from the entry's); PPO's update size (``target_kl=0.02``) and an entropy
+bonus (``ent_coef=0.01``); the contrastive loss off (``ct_coef=0``); a context-free critic and actor
+(``context_len=1``); the issue-6 options: Q_att action preferences (``q_att_coef=1``, Discrete actions only),
+the masked next-state and reward-to-go heads (``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts
+(``n_episodes=n_envs``).
 Resumable: every finished run is a JSON line in ``--out`` with its hyperparameters, package version and commit;
 a variant's run is the row of the installed version with the same env, seed and hyperparameters (whatever the
 variant was called when it ran), so a changed entry runs again (``--version`` shows another version's rows).
@@ -44,6 +45,10 @@ def variants(entry: dict, env_id: str) -> dict[str, dict]:
         # 0.2.0's entries before the NoVel learning rates were annealed (lin_1e-3):
         "constant learning rate": dict(learning_rate={"CartPoleNoVel-v1": 3e-4, "PendulumNoVel-v1": 1e-3}.get(env_id)),
         "shared_transformer=False": dict(shared_transformer=False),
+        f"prev_action={not entry.get('prev_action', False)}": dict(prev_action=not entry.get("prev_action", False)),
+        # PPO's update size after the task is solved (the NoVel entries' 20 epochs on 256 samples):
+        "target_kl=0.02": dict(target_kl=0.02),
+        "ent_coef=0.01": dict(ent_coef=0.01),
         "ct_coef=0": dict(ct_coef=0.0),
         "context_len=1": dict(context_len=1),
         "next_state_coef=rtg_coef=0.1": dict(next_state_coef=0.1, rtg_coef=0.1),

@@ -32,6 +32,7 @@ def sample_attention_params(trial: Any) -> dict[str, Any]:
         "ct_coef": trial.suggest_categorical("ct_coef", [0.0, 0.01, 0.1, 0.5]),
         "mask_ratio": trial.suggest_categorical("mask_ratio", [0.15, 0.25]),
         "actor_context": trial.suggest_categorical("actor_context", [False, True]),
+        "prev_action": trial.suggest_categorical("prev_action", [False, True]),
     }
 
 

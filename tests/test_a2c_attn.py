@@ -51,36 +51,47 @@ def frozen_model(n_envs: int = 3, max_steps: int = 20, **kwargs) -> AttnA2C:
 
 
 @pytest.mark.parametrize(
-    ("ct_coef", "actor_context", "q_att_coef", "shared_transformer"),
+    ("ct_coef", "actor_context", "q_att_coef", "shared_transformer", "prev_action"),
     [
-        (0.0, False, 0.0, True),
-        (0.1, False, 0.0, True),
-        (0.1, True, 0.0, True),
-        (0.1, True, 0.0, False),
-        (0.1, False, 3.0, True),
+        (0.0, False, 0.0, True, False),
+        (0.1, False, 0.0, True, False),
+        (0.1, True, 0.0, True, False),
+        (0.1, True, 0.0, False, False),
+        (0.1, False, 3.0, True, False),
+        (0.1, True, 0.0, True, True),
+        (0.1, True, 0.0, False, True),
     ],
 )
 def test_rollout_values_equal_trajectory_values(
-    ct_coef: float, actor_context: bool, q_att_coef: float, shared_transformer: bool
+    ct_coef: float, actor_context: bool, q_att_coef: float, shared_transformer: bool, prev_action: bool
 ) -> None:
     # Episodes (time limit 20) cross rollout boundaries (7 steps) and a second learn() call.
     model = frozen_model(
-        ct_coef=ct_coef, actor_context=actor_context, q_att_coef=q_att_coef, shared_transformer=shared_transformer
+        ct_coef=ct_coef,
+        actor_context=actor_context,
+        q_att_coef=q_att_coef,
+        shared_transformer=shared_transformer,
+        prev_action=prev_action,
     )
     if q_att_coef:
         th.nn.init.normal_(model.policy.q_head.weight)  # Q_att must visibly shape the acting distribution
+    for embedding in [model.policy.action_embedding, getattr(model.policy.actor_encoder, "action_embedding", None)]:
+        if embedding is not None:
+            th.nn.init.normal_(embedding.weight)  # the previous action must visibly move values and actions
     recorder = RolloutRecorder()
     model.learn(3 * 7 * 6, callback=recorder)
     model.learn(3 * 7 * 4, callback=recorder, reset_num_timesteps=False)
     obs, starts, values = recorder.stream("obs"), recorder.stream("starts"), recorder.stream("values")
+    all_actions = recorder.stream("actions")
     assert len(obs) == 70 and starts[1:].any()
     for env_idx in range(3):
-        expected = model.policy.trajectory_values(obs[:, env_idx], starts[:, env_idx]).numpy()
+        taken = all_actions[:, env_idx] if prev_action else None
+        expected = model.policy.trajectory_values(obs[:, env_idx], starts[:, env_idx], taken).numpy()
         np.testing.assert_allclose(values[:, env_idx], expected, atol=1e-5)
         # Acting-time log-probabilities equal those of the whole stream (with actor context, incremental
         # acting through the key/value cache must match the batched pass).
-        distribution = model.policy.trajectory_distribution(obs[:, env_idx], starts[:, env_idx])
-        actions = th.as_tensor(recorder.stream("actions")[:, env_idx, 0])
+        distribution = model.policy.trajectory_distribution(obs[:, env_idx], starts[:, env_idx], taken)
+        actions = th.as_tensor(all_actions[:, env_idx, 0])
         expected = distribution.log_prob(actions).numpy()
         np.testing.assert_allclose(recorder.stream("log_probs")[:, env_idx], expected, atol=1e-5)
 

@@ -99,13 +99,15 @@ def test_rollouts_train_every_ended_episode_whole_once(algo: type, actor_context
     assert model.logger.name_to_value["train/value_loss"] > 0
 
 
-@pytest.mark.parametrize("algo", [AttnA2C, AttnPPO])
-def test_frozen_model_replays_carried_episodes_exactly(algo: type) -> None:
+@pytest.mark.parametrize(("algo", "prev_action"), [(AttnA2C, False), (AttnPPO, False), (AttnPPO, True)])
+def test_frozen_model_replays_carried_episodes_exactly(algo: type, prev_action: bool) -> None:
     # Learning rate 0: acting-time log-probs and rollout values of every trained episode, including the steps
     # carried over from earlier rollouts, equal a fresh pass over the whole episode.
     extra = dict(batch_size=16, n_epochs=1) if algo is AttnPPO else {}
     model = algo("MlpPolicy", id_env([(9, 4), (13,), (6, 21)]), n_episodes=3, learning_rate=0.0, context_len=4,
-                 n_layers=2, d_model=16, seed=0, actor_context=True, **extra)  # fmt: skip
+                 n_layers=2, d_model=16, seed=0, actor_context=True, prev_action=prev_action, **extra)  # fmt: skip
+    if prev_action:
+        th.nn.init.normal_(model.policy.action_embedding.weight)  # the previous action must visibly matter
     checked = []
 
     class Replay(BaseCallback):
@@ -119,9 +121,10 @@ def test_frozen_model_replays_carried_episodes_exactly(algo: type) -> None:
                 for uid in np.unique(buffer.observations[rows, e, 0]):
                     episode = rows[buffer.observations[rows, e, 0] == uid]
                     obs = buffer.observations[episode, e]
-                    values = self.model.policy.trajectory_values(obs).numpy()
+                    actions = buffer.actions[episode, e] if prev_action else None
+                    values = self.model.policy.trajectory_values(obs, actions=actions).numpy()
                     np.testing.assert_allclose(buffer.values[episode, e], values, atol=1e-5)
-                    distribution = self.model.policy.trajectory_distribution(obs)
+                    distribution = self.model.policy.trajectory_distribution(obs, actions=actions)
                     log_probs = distribution.log_prob(th.as_tensor(buffer.actions[episode, e, 0])).numpy()
                     np.testing.assert_allclose(buffer.log_probs[episode, e], log_probs, atol=1e-5)
                     checked.append(len(episode))

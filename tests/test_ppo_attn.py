@@ -54,12 +54,20 @@ def test_cue_recall_needs_actor_context(actor_context: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(actor_context=False), dict(actor_context=True), dict(actor_context=True, shared_transformer=False)]
+    "kwargs",
+    [
+        dict(actor_context=False),
+        dict(actor_context=True),
+        dict(actor_context=True, shared_transformer=False),
+        dict(actor_context=True, prev_action=True),
+    ],
 )
 def test_segments_replay_acting_context_exactly(kwargs: dict) -> None:
     # Frozen parameters: the minibatch segments must reproduce the acting-time log-probs and values.
     env = make_vec_env("CartPole-v1", n_envs=3, seed=0, env_kwargs=dict(max_episode_steps=12))
     model = AttnPPO("MlpPolicy", env, learning_rate=0.0, n_layers=2, **kwargs, **TINY)
+    if model.policy.action_embedding is not None:
+        th.nn.init.normal_(model.policy.action_embedding.weight)  # the previous action must visibly matter
     model.learn(3 * 16 * 3)
     buffer, streams = model.rollout_buffer, model._rollout_streams
     segments = segment_streams(streams, 5)  # short segments: most of them start inside an episode
@@ -68,7 +76,8 @@ def test_segments_replay_acting_context_exactly(kwargs: dict) -> None:
     model.policy.set_training_mode(False)
     with th.no_grad():
         obs = take(streams.observations, segments.index.flatten())
-        hidden, actor_hidden, _ = model.policy.stream_forward(obs, segments.meta)
+        prev_actions = streams.prev_actions[segments.index.flatten()]
+        hidden, actor_hidden, _ = model.policy.stream_forward(obs, segments.meta, prev_actions=prev_actions)
         trained = segments.steps >= 0
         dist = model.policy.action_distribution(take(obs, trained.flatten()), actor_hidden[trained])
         log_prob = dist.log_prob(th.as_tensor(buffer.actions.reshape(-1)[steps.numpy()]))
@@ -217,3 +226,70 @@ def test_repeat_the_observation_from_k_steps_ago(actor_context: bool) -> None:
         assert mean >= 0.9
     else:
         assert mean <= 0.4  # chance is 0.25: the current symbol says nothing about the one k steps back
+
+
+class AlternateEnv(gym.Env):
+    """A blank observation every step; an action different from the previous step's earns ``1 / length`` (any
+    action at the first step). Only the agent's own last action says what to do: a policy that cannot see it
+    can only guess (stochastic: half the reward; deterministic: a constant action earns the first step's)."""
+
+    def __init__(self, length: int = 24) -> None:
+        self.length = length
+        self.observation_space = spaces.Box(0.0, 1.0, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t, self.last = 0, -1
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        reward = float(int(action) != self.last) / self.length
+        self.t, self.last = self.t + 1, int(action)
+        return np.zeros(2, np.float32), reward, self.t >= self.length, False, {}
+
+
+@pytest.mark.parametrize("prev_action", [False, True])
+def test_alternate_needs_the_previous_action(prev_action: bool) -> None:
+    """The previous action in the token: acting, the buffer and ``predict``'s state must all carry it."""
+    model = AttnPPO(
+        "MlpPolicy", make_vec_env(AlternateEnv, n_envs=8, seed=0), n_steps=32, batch_size=64, n_epochs=4,
+        learning_rate=3e-3, context_len=4, seed=0, actor_context=True, prev_action=prev_action,
+        policy_kwargs=dict(net_arch=dict(pi=[32], vf=[32])),
+    )  # fmt: skip
+    model.learn(4_000)
+    mean, _ = evaluate_policy(model, make_vec_env(AlternateEnv, n_envs=1, seed=7), n_eval_episodes=5)
+    if prev_action:
+        assert mean >= 0.8  # 0.875 here: it alternates from the step its window is full of its own actions
+    else:
+        assert mean <= 0.2  # blank observations: the context says nothing about which action was sampled
+
+
+def test_predict_state_carries_the_previous_action(tmp_path) -> None:
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = AttnPPO("MlpPolicy", env, actor_context=True, prev_action=True, n_layers=2, **TINY)
+    th.nn.init.normal_(model.policy.action_embedding.weight)  # the previous action must visibly matter
+    obs = np.random.default_rng(0).normal(size=(6, 2, 4)).astype(np.float32)
+    actions, state = model.predict(obs[0], deterministic=True)
+    assert len(state) == 5 and state[4].shape == (1, 2, 1) and state[4][0, :, 0].tolist() == actions.tolist()
+    # Incremental predict equals the batched trajectory pass given the actions taken.
+    stream, acted, state = obs[:, 0], [], None
+    for t in range(6):
+        action, state = model.predict(stream[t : t + 1], state=state, episode_start=np.array([t == 0]), deterministic=True)
+        acted.append(action[0])
+    acted = np.array(acted)
+    expected = model.policy.trajectory_distribution(stream, actions=acted).get_actions(deterministic=True).numpy()
+    assert np.array_equal(acted, expected)
+    probs = model.policy.trajectory_distribution(stream, actions=acted).distribution.probs
+    others = model.policy.trajectory_distribution(stream, actions=1 - acted).distribution.probs
+    assert th.equal(probs[0], others[0]) and not th.allclose(probs[1:], others[1:])  # none before the first step
+    with pytest.raises(ValueError, match="prev_action=True: pass the actions"):
+        model.policy.trajectory_values(stream)
+    model.save(tmp_path / "ppo.zip")
+    loaded = AttnPPO.load(tmp_path / "ppo.zip", env=env)
+    assert loaded.prev_action and loaded.policy.prev_action
+    state_a = state_b = None
+    for t in range(4):
+        a, state_a = model.predict(obs[t], state=state_a, deterministic=True)
+        b, state_b = loaded.predict(obs[t], state=state_b, deterministic=True)
+        assert np.array_equal(a, b)

@@ -26,6 +26,7 @@ from ray.rllib.utils.postprocessing.zero_padding import unpad_data_if_necessary 
 
 from sb3_attn_ac import AttnPPO  # noqa: E402
 from sb3_attn_ac.rllib import AttnPPOConfig, AttnPPOTorchRLModule, attn_ppo_config  # noqa: E402
+from sb3_attn_ac.rllib.checks import ROLLOUT_ARGS  # noqa: E402
 from sb3_attn_ac.rllib.config import ATTENTION_ARGS  # noqa: E402
 
 # Small and fast: two layers (windows stack), a window shorter than the sequences and the rollout fragments.
@@ -73,11 +74,12 @@ def test_the_base_package_does_not_import_ray() -> None:
 
 def test_attention_arguments_have_attn_ppos_names_and_defaults() -> None:
     signature = inspect.signature(AttnPPO).parameters
+    names = list(signature)
+    attention = [n for n in names[names.index("device") + 1 :] if n not in ("_init_setup_model", *ROLLOUT_ARGS)]
     config = AttnPPOConfig()
-    for name in ATTENTION_ARGS:
-        if name == "max_seq_len":  # RLlib's sequence length, not an AttnPPO argument
-            continue
+    for name in attention:  # every attention argument of AttnPPO, with its default
         assert getattr(config, name) == signature[name].default, name
+    assert set(ATTENTION_ARGS) == {*attention, "policy_kwargs", "max_seq_len"}
     assert attn_ppo_config(context_len=8, actor_context=True).model_config["context_len"] == 8
 
 
@@ -112,6 +114,8 @@ def test_options_rllib_cannot_run_are_refused_by_name() -> None:
         attn_ppo_config(policy_kwargs=dict(context_len=4))
     with pytest.raises(ValueError, match="shared_transformer=False is not supported on RLlib"):
         attn_ppo_config(actor_context=True, shared_transformer=False)
+    with pytest.raises(ValueError, match="prev_action=True is not supported on RLlib"):
+        attn_ppo_config(prev_action=True)
     with pytest.raises(ValueError, match="n_episodes: AttnPPO's rollout options"):
         attn_ppo_config(n_episodes=4)
     with pytest.raises(ValueError, match="max_seq_len must be an integer >= 1"):

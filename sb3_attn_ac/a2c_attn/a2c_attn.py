@@ -85,6 +85,9 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         step's index in its episode (sb3-attn-ac 0.1; its saved models load with it)
     :param shared_transformer: with ``actor_context``, the actor reads the critic's transformer (True) or its own
         (False: value-loss steps never move the actor's inputs, as RecurrentPPO's separate critic LSTM)
+    :param prev_action: each token also embeds the previous step's action (see
+        :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`); ``predict`` then carries each
+        env's last action in ``state``
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -132,6 +135,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         max_rollout_steps: int = 4096,
         position_encoding: str = "relative",
         shared_transformer: bool = True,
+        prev_action: bool = False,
         _init_setup_model: bool = True,
     ) -> None:
         super().__init__(
@@ -174,6 +178,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
             max_rollout_steps=max_rollout_steps,
             position_encoding=position_encoding,
             shared_transformer=shared_transformer,
+            prev_action=prev_action,
         )
         if self.env is not None:
             check_advantage_normalization(normalize_advantage, n_steps, self.n_envs, n_episodes)

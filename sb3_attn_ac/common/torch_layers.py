@@ -414,9 +414,9 @@ class EpisodeStartEmbedding(nn.Module):
 
 
 class EpisodeEncoder(nn.Module):
-    """Per-step features to per-step transformer outputs: a token embedding, a position embedding and an
-    :class:`EpisodeTransformer`, under the attribute names the policy uses for its critic's parts (a separate
-    actor transformer is one of these).
+    """Per-step features to per-step transformer outputs: a token embedding, a position embedding, optionally an
+    embedding of the previous step's action, and an :class:`EpisodeTransformer`, under the attribute names the
+    policy uses for its critic's parts (a separate actor transformer is one of these).
 
     :param features_dim: width of the per-step features
     :param d_model: token width
@@ -425,6 +425,7 @@ class EpisodeEncoder(nn.Module):
     :param context_len: K, each layer's attention window
     :param dropout: dropout rate
     :param relative_positions: offset biases and a start embedding (else sinusoidal episode-step positions)
+    :param action_dim: width of the previous action's encoding added to each token (0: none)
     """
 
     def __init__(
@@ -436,8 +437,10 @@ class EpisodeEncoder(nn.Module):
         context_len: int,
         dropout: float,
         relative_positions: bool,
+        action_dim: int = 0,
     ) -> None:
         super().__init__()
         self.token_embedding = nn.Linear(features_dim, d_model)
+        self.action_embedding = nn.Linear(action_dim, d_model, bias=False) if action_dim else None
         self.positions = EpisodeStartEmbedding(d_model) if relative_positions else SinusoidalPositions(d_model)
         self.transformer = EpisodeTransformer(d_model, n_layers, n_heads, context_len, dropout, relative_positions)

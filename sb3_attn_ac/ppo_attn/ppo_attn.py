@@ -88,6 +88,9 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         step's index in its episode (sb3-attn-ac 0.1; its saved models load with it)
     :param shared_transformer: with ``actor_context``, the actor reads the critic's transformer (True) or its own
         (False: value-loss steps never move the actor's inputs, as RecurrentPPO's separate critic LSTM)
+    :param prev_action: each token also embeds the previous step's action (see
+        :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`); ``predict`` then carries each
+        env's last action in ``state``
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -138,6 +141,7 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         max_rollout_steps: int = 4096,
         position_encoding: str = "relative",
         shared_transformer: bool = True,
+        prev_action: bool = False,
         _init_setup_model: bool = True,
     ) -> None:
         # PPO's checks (its assertions and warning), as ValueErrors naming the argument, plus n_epochs >= 1.
@@ -192,6 +196,7 @@ class AttnPPO(AttnOnPolicyAlgorithm):
             max_rollout_steps=max_rollout_steps,
             position_encoding=position_encoding,
             shared_transformer=shared_transformer,
+            prev_action=prev_action,
         )
         if self.env is not None:
             check_advantage_normalization(normalize_advantage, n_steps, self.n_envs, n_episodes)
@@ -266,10 +271,10 @@ class AttnPPO(AttnOnPolicyAlgorithm):
             for rows in th.randperm(n_segments, device=self.device).tensor_split(n_minibatches):
                 index, steps = segments.index[rows], segments.steps[rows]
                 meta = TokenMeta(*(m[rows] for m in segments.meta))
-                observations = take(streams.observations, index.flatten())
+                observations, prev_actions = take(streams.observations, index.flatten()), streams.prev_actions[index.flatten()]
                 band_rows = rows if mask_ratio is None else th.cat([rows, rows + n_segments])
                 hidden, actor_hidden, masked = self.policy.stream_forward(
-                    observations, meta, mask_ratio, self.bert_masking, band.select(band_rows)
+                    observations, meta, mask_ratio, self.bert_masking, band.select(band_rows), prev_actions
                 )
                 trained = steps >= 0  # (n, C + S)
                 idx = steps[trained]

@@ -47,6 +47,12 @@ def check_attention_config(args: dict[str, Any]) -> None:
             "shared_transformer=False is not supported on RLlib: the module's state would have to carry the actor's "
             "and the critic's key/value caches; use shared_transformer=True (the default)"
         )
+    if args["prev_action"]:
+        raise ValueError(
+            "prev_action=True is not supported on RLlib yet: RLlib's module computes the action distribution before the "
+            "action is sampled, so its state cannot carry it; RLlib's PrevActionsPrevRewards connector adds previous "
+            "actions to the observations instead"
+        )
     if not isinstance(args["max_seq_len"], int) or args["max_seq_len"] < 1:
         raise ValueError(f"max_seq_len must be an integer >= 1, got {args['max_seq_len']!r}")
 

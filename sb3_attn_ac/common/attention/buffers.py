@@ -36,10 +36,11 @@ def last_rows(before: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
 class EpisodeBufferMixin:
     """The episode-keeping part of :class:`EpisodeRolloutBuffer` and :class:`DictEpisodeRolloutBuffer`.
 
-    Besides SB3's rollout data it stores each step's index within its episode, the terminal observations of
-    truncated episodes, the observation after the rollout, and a prefix of the last ``prefix_len`` steps
-    before the rollout (the critic's receptive field), so :meth:`streams` can give every step exactly the
-    context it had while acting.
+    Besides SB3's rollout data it stores each step's index within its episode and previous action (the env's
+    last action, whatever episode it belonged to: the policy ignores it at an episode's first step), the terminal
+    observations of truncated episodes, the observation after the rollout, and a prefix of the last
+    ``prefix_len`` steps before the rollout (the critic's receptive field), so :meth:`streams` can give every
+    step exactly the context it had while acting.
 
     With ``carry_unfinished`` (N-trajectory rollouts, ``n_episodes``) the update trains only on the episodes
     that ended (:attr:`trained`); each env's unfinished episode stays in the buffer, whole, as the first rows
@@ -60,7 +61,7 @@ class EpisodeBufferMixin:
     episode_starts: np.ndarray
     obs_shape: Any
     # What an unfinished episode carries into the next rollout (values, returns and advantages are recomputed).
-    _CARRIED = ("observations", "actions", "rewards", "episode_starts", "log_probs", "timesteps")
+    _CARRIED = ("observations", "actions", "prev_actions", "rewards", "episode_starts", "log_probs", "timesteps")
 
     def __init__(
         self,
@@ -79,15 +80,17 @@ class EpisodeBufferMixin:
         self.prefix_len = prefix_len
         self.carry_unfinished = carry_unfinished
         self._carry: tuple[np.ndarray, dict[str, Any]] | None = None  # valid rows and data of unfinished episodes
-        self._next_prefix: tuple[Obs, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._next_prefix: tuple[Obs, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._next_timestep = np.zeros(n_envs, dtype=np.int64)
         super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)  # type: ignore[call-arg]
+        self.last_actions = np.zeros((n_envs, self.action_dim), dtype=np.float32)  # each env's latest action
 
     def reset(self) -> None:
         """Start a new rollout: the prefix becomes the tail of the previous one, or with ``carry_unfinished`` the
         unfinished episodes become its first rows (see :meth:`finish_rollout`)."""
         super().reset()  # type: ignore[misc]
         self.timesteps = np.zeros((self.buffer_size, self.n_envs), dtype=np.int64)
+        self.prev_actions = np.zeros((self.buffer_size, self.n_envs, self.action_dim), dtype=np.float32)
         self.valid_rows = np.zeros((self.buffer_size, self.n_envs), dtype=bool)
         self.trained = np.zeros((0, self.n_envs), dtype=bool)  # set by finish_rollout()
         self.terminal_steps: list[int] = []
@@ -101,6 +104,7 @@ class EpisodeBufferMixin:
                 np.zeros((P, self.n_envs), dtype=np.float32),
                 np.zeros((P, self.n_envs), dtype=bool),
                 np.zeros((P, self.n_envs), dtype=np.float32),
+                np.zeros((P, self.n_envs, self.action_dim), dtype=np.float32),
             )
         (
             self.prefix_observations,
@@ -108,6 +112,7 @@ class EpisodeBufferMixin:
             self.prefix_episode_starts,
             self.prefix_valid,
             self.prefix_rewards,
+            self.prefix_prev_actions,
         ) = self._next_prefix
         self.last_observations: Obs | None = None
         self.last_episode_starts: np.ndarray | None = None
@@ -141,6 +146,8 @@ class EpisodeBufferMixin:
         self.timesteps[self.pos] = timestep
         self.valid_rows[self.pos] = True
         self._next_timestep = timestep + 1
+        self.prev_actions[self.pos] = self.last_actions
+        self.last_actions = np.asarray(action, dtype=np.float32).reshape(self.n_envs, self.action_dim)
         super().add(obs, action, reward, episode_start, value, log_prob)  # type: ignore[misc]
 
     def flat_tensor(self, array: np.ndarray) -> th.Tensor:
@@ -161,10 +168,10 @@ class EpisodeBufferMixin:
         """Index within its episode of each env's current observation (0 where ``episode_starts``)."""
         return np.where(np.asarray(episode_starts, dtype=bool), 0, self._next_timestep)
 
-    def context_stream(self) -> tuple[th.Tensor | dict[str, th.Tensor], TokenMeta]:
+    def context_stream(self) -> tuple[th.Tensor | dict[str, th.Tensor], TokenMeta, th.Tensor]:
         """The ``prefix_len`` steps before the next row (the acting context at the start of a rollout: the prefix,
-        or the end of a carried unfinished episode) as streams: (E * P, *obs_shape) observations, row-major, and
-        (E, P) metadata."""
+        or the end of a carried unfinished episode) as streams: (E * P, *obs_shape) observations, row-major,
+        (E, P) metadata and (E * P, action_dim) previous actions."""
         E, P, T = self.n_envs, self.prefix_len, self.pos
         context = lambda prefix, rows: last_rows(prefix, rows[:T], P)  # noqa: E731
         observations = tree_map(
@@ -176,7 +183,8 @@ class EpisodeBufferMixin:
             th.as_tensor(np.cumsum(context(self.prefix_episode_starts, self.episode_starts).T, axis=1), device=self.device),
             th.as_tensor(context(self.prefix_valid, self.valid_rows).T, device=self.device),
         )
-        return observations, meta
+        prev_actions = context(self.prefix_prev_actions, self.prev_actions).swapaxes(0, 1).reshape(E * P, -1)
+        return observations, meta, th.as_tensor(prev_actions, device=self.device)
 
     def add_terminal(self, env_idx: int, terminal_obs: Obs) -> None:
         """Record the terminal observation of env ``env_idx``'s episode truncated at the step just added.
@@ -213,6 +221,7 @@ class EpisodeBufferMixin:
             tail(self.prefix_episode_starts, self.episode_starts),
             tail(self.prefix_valid, self.valid_rows),
             tail(self.prefix_rewards, self.rewards),  # before any time-limit bootstrap is added to them
+            tail(self.prefix_prev_actions, self.prev_actions),
         )
 
     def _carry_unfinished(self) -> None:
@@ -315,10 +324,13 @@ class EpisodeBufferMixin:
         observations = tree_map(
             table, self.prefix_observations, self.observations, self.last_observations, *self.terminal_observations
         )
+        # A terminal observation follows its step's action; the last observation follows each env's last action.
+        prev_actions = table(self.prefix_prev_actions, self.prev_actions, self.last_actions, *self.actions[term_t, term_e])  # type: ignore[attr-defined]
         to_torch = lambda a: th.as_tensor(a, device=self.device)  # noqa: E731
         meta = TokenMeta(to_torch(timesteps), to_torch(np.cumsum(starts, axis=1)), to_torch(valid))
         return EpisodeStreams(
             observations=observations,
+            prev_actions=prev_actions,
             index=to_torch(index),
             meta=meta,
             n_prefix=P,

@@ -52,6 +52,7 @@ POLICY_ARGS = (
     "q_att_coef",
     "position_encoding",
     "shared_transformer",
+    "prev_action",
 )
 
 
@@ -121,6 +122,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         max_rollout_steps: int,
         position_encoding: str,
         shared_transformer: bool,
+        prev_action: bool,
     ) -> None:
         check_rollout_args(n_episodes, max_rollout_steps)
         check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum, position_encoding)
@@ -171,6 +173,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.max_rollout_steps = max_rollout_steps
         self.position_encoding = position_encoding
         self.shared_transformer = shared_transformer
+        self.prev_action = prev_action
 
     def _setup_model(self) -> None:
         # Everything below derives from saved attributes, so load() (which calls this after restoring them) agrees.
@@ -320,7 +323,8 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
                 if self.policy.uses_context:
                     starts = th.as_tensor(self._last_episode_starts, dtype=th.bool, device=self.device)
                     timesteps = th.as_tensor(rollout_buffer.next_timesteps(self._last_episode_starts), device=self.device)  # type: ignore[arg-type]
-                    distribution, _, cache = self.policy.step(obs_tensor, timesteps, cache.reset(starts))
+                    prev_actions = th.as_tensor(rollout_buffer.last_actions, device=self.device)
+                    distribution, _, cache = self.policy.step(obs_tensor, timesteps, cache.reset(starts), prev_actions)
                 else:
                     distribution = self.policy.get_distribution(obs_tensor)
                 actions_tensor = distribution.get_actions()

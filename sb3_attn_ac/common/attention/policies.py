@@ -9,6 +9,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.preprocessing import get_action_dim, get_flattened_obs_dim, preprocess_obs
 from stable_baselines3.common.torch_layers import (
     BaseFeaturesExtractor,
     CombinedExtractor,
@@ -107,6 +108,11 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
     :param shared_transformer: with ``actor_context``, whether the actor reads the critic's transformer (one
         transformer, shaped by both losses) or its own (as RecurrentPPO's separate critic LSTM: value-loss steps
         then never move the actor's inputs). Acting runs only the actor's either way; Q_att needs it shared
+    :param prev_action: each token also embeds the action taken at the step before (one-hot for discrete
+        actions; nothing at an episode's first step), as RLlib's ``use_n_prev_actions``: where the last action
+        moved the hidden state (a push changes CartPole's velocity), it is what makes that state recoverable
+        from the observations. Acting then carries each env's last action (:meth:`predict` in ``state``), and
+        the stream methods take the actions
     """
 
     def __init__(
@@ -141,6 +147,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         rtg_head: bool = False,
         position_encoding: str = "relative",
         shared_transformer: bool = True,
+        prev_action: bool = False,
     ) -> None:
         check_spaces(observation_space, action_space)
         check_q_att(q_att_coef, action_space, actor_context and not shared_transformer)
@@ -159,6 +166,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.rtg_head = rtg_head
         self.position_encoding = position_encoding
         self.shared_transformer = shared_transformer
+        self.prev_action = prev_action
         if net_arch is None:
             # SB3's actor; the critic's body is the transformer (its blocks hold MLPs), read by a linear head.
             net_arch = [] if features_extractor_class == NatureCNN else dict(pi=[64, 64], vf=[])
@@ -198,6 +206,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             rtg_head=self.rtg_head,
             position_encoding=self.position_encoding,
             shared_transformer=self.shared_transformer,
+            prev_action=self.prev_action,
             share_features_extractor=self.share_features_extractor,
             normalize_images=self.normalize_images,
         )
@@ -232,6 +241,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             self.mlp_extractor.policy_net = actor_mlp.policy_net
             self.mlp_extractor.latent_dim_pi = actor_mlp.latent_dim_pi
         self.token_embedding = nn.Linear(self.features_dim, self.d_model)
+        action_dim = get_flattened_obs_dim(self.action_space) if self.prev_action else 0
+        self.action_embedding = nn.Linear(action_dim, self.d_model, bias=False) if action_dim else None
         relative = self.position_encoding == "relative"
         self.positions = EpisodeStartEmbedding(self.d_model) if relative else SinusoidalPositions(self.d_model)
         self.transformer = EpisodeTransformer(
@@ -240,9 +251,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         # The actor's own transformer (actor_context without sharing); the critic's parts above keep 0.1's names.
         self.actor_encoder: EpisodeEncoder | None = None
         if self.actor_context and not self.shared_transformer:
-            self.actor_encoder = EpisodeEncoder(
-                self.features_dim, self.d_model, self.n_layers, self.n_heads, self.context_len, self.dropout, relative
-            )
+            sizes = (self.features_dim, self.d_model, self.n_layers, self.n_heads, self.context_len)
+            self.actor_encoder = EpisodeEncoder(*sizes, self.dropout, relative, action_dim)
         # Masked-contrastive parts: the learned [MASK] token, the query head and the key encoder.
         self.mask_embedding = nn.Parameter(0.02 * th.randn(self.d_model))
         self.query_head = nn.Linear(self.d_model, self.d_model)
@@ -295,7 +305,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         mask_ratio: float | None = None,
         bert_masking: bool = False,
         band: Band | None = None,
-    ) -> tuple[th.Tensor, MaskedPass | None]:
+        prev_actions: th.Tensor | None = None,
+    ) -> tuple[th.Tensor, th.Tensor, MaskedPass | None]:
         """The transformer over a batch of streams in one call.
 
         With ``mask_ratio``, a masked copy of the streams (for :meth:`contrastive_loss`) runs in the same call,
@@ -307,34 +318,43 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         :param mask_ratio: fraction of tokens to mask in the masked copy (None: no masked copy)
         :param bert_masking: BERT's 80/10/10 replacement instead of always the mask embedding
         :param band: the attention layout if already built (:meth:`stream_band`)
+        :param prev_actions: (B * L, *action_shape) each token's previous action, as the buffer stores actions
+            (needed with ``prev_action``)
         :return: (B, L, D) causal outputs of the critic's transformer, those of the actor's (the same tensor when
             shared), and the masked pass (or None)
         """
         B, L = meta.timesteps.shape
         features = self._encoder_features(observations, self).view(B, L, -1)  # (B, L, F)
         tokens = self.token_embedding(features)  # (B, L, D)
+        inputs = tokens + self._action_tokens(self, prev_actions, meta.timesteps)  # what a masked token hides
         if band is None:
             band = self.stream_band(meta, masked=mask_ratio is not None)
         if mask_ratio is None:
-            hidden = self._critic(tokens, meta, band)
-            return hidden, self._actor_stream(observations, features, meta, band, hidden), None
+            hidden = self._critic(inputs, meta, band)
+            return hidden, self._actor_stream(observations, features, meta, band, hidden, prev_actions), None
         selected = select_masked(meta.valid, mask_ratio)  # (B, L)
-        replacement = self.mask_embedding.expand_as(tokens)
+        replacement = self.mask_embedding.expand_as(inputs)
         replaced = selected
         if bert_masking:
-            u = th.rand(selected.shape, device=tokens.device)
-            flat = tokens[meta.valid]
-            random_tokens = flat[th.randint(len(flat), selected.shape, device=tokens.device)]
+            u = th.rand(selected.shape, device=inputs.device)
+            flat = inputs[meta.valid]
+            random_tokens = flat[th.randint(len(flat), selected.shape, device=inputs.device)]
             replacement = th.where((u < 0.8)[..., None], replacement, random_tokens)
             replaced = selected & (u < 0.9)  # the last 10% keep their own token
-        masked_tokens = th.where(replaced[..., None], replacement, tokens)
+        masked_inputs = th.where(replaced[..., None], replacement, inputs)
         both_meta = TokenMeta(*(th.cat([m, m]) for m in meta))
-        hidden, masked_hidden = self._critic(th.cat([tokens, masked_tokens]), both_meta, band).split(B)
-        actor_hidden = self._actor_stream(observations, features, meta, band, hidden)
+        hidden, masked_hidden = self._critic(th.cat([inputs, masked_inputs]), both_meta, band).split(B)
+        actor_hidden = self._actor_stream(observations, features, meta, band, hidden, prev_actions)
         return hidden, actor_hidden, MaskedPass(masked_hidden, features, tokens, selected, meta, band)
 
     def _actor_stream(
-        self, observations: PyTorchObs, features: th.Tensor, meta: TokenMeta, band: Band, hidden: th.Tensor
+        self,
+        observations: PyTorchObs,
+        features: th.Tensor,
+        meta: TokenMeta,
+        band: Band,
+        hidden: th.Tensor,
+        prev_actions: th.Tensor | None,
     ) -> th.Tensor:
         """The actor's transformer outputs over streams: the critic's ``hidden`` when shared.
 
@@ -343,6 +363,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         :param meta: (B, L) their metadata
         :param band: the critic pass's layout (its first B rows are the causal ones)
         :param hidden: (B, L, D) the critic's outputs
+        :param prev_actions: (B * L, *action_shape) each token's previous action (or None)
         """
         if self.actor_encoder is None:
             return hidden
@@ -351,7 +372,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             band = band.select(th.arange(B, device=features.device))
         shared_features = features if self.share_features_extractor else None
         return self.actor_encoder.transformer(
-            self._tokens(self.actor_encoder, observations, meta.timesteps, shared_features), band
+            self._tokens(self.actor_encoder, observations, meta.timesteps, shared_features, prev_actions), band
         )
 
     def stream_band(self, meta: TokenMeta, masked: bool) -> Band:
@@ -378,8 +399,11 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         :return: values of the rollout steps, terminal observations and the following observation
         """
         E = streams.index.shape[0]
-        observations = take(streams.observations, streams.index.flatten())
-        hidden, actor_hidden, masked = self.stream_forward(observations, streams.meta, mask_ratio, bert_masking)
+        index = streams.index.flatten()
+        observations, prev_actions = take(streams.observations, index), streams.prev_actions[index]
+        hidden, actor_hidden, masked = self.stream_forward(
+            observations, streams.meta, mask_ratio, bert_masking, prev_actions=prev_actions
+        )
         values = self._value_head(hidden)  # (E, L)
         envs = th.arange(E, device=values.device)
         return StreamValues(
@@ -406,50 +430,74 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         )
 
     def _stream_inputs(
-        self, observations: np.ndarray | dict[str, np.ndarray], episode_starts: np.ndarray | None
-    ) -> tuple[PyTorchObs, TokenMeta]:
-        """One stream's observations as tensors, and its metadata."""
+        self,
+        observations: np.ndarray | dict[str, np.ndarray],
+        episode_starts: np.ndarray | None,
+        actions: np.ndarray | None,
+    ) -> tuple[PyTorchObs, TokenMeta, th.Tensor | None]:
+        """One stream's observations as tensors, its metadata, and each step's previous action (None without
+        ``actions``)."""
         obs, _ = self.obs_to_tensor(observations)
-        return obs, self._stream_meta(batch_len(obs), episode_starts)
+        T = batch_len(obs)
+        if actions is None:
+            if self.prev_action:
+                raise ValueError("prev_action=True: pass the actions taken at each step (actions=...)")
+            return obs, self._stream_meta(T, episode_starts), None
+        actions = th.as_tensor(np.asarray(actions), dtype=th.float32, device=self.device).reshape(T, -1)
+        return obs, self._stream_meta(T, episode_starts), F.pad(actions[:-1], (0, 0, 1, 0))  # step t's is a_{t-1}
 
     def _stream(
-        self, observations: np.ndarray | dict[str, np.ndarray], episode_starts: np.ndarray | None
+        self,
+        observations: np.ndarray | dict[str, np.ndarray],
+        episode_starts: np.ndarray | None,
+        actions: np.ndarray | None,
     ) -> tuple[PyTorchObs, th.Tensor, th.Tensor]:
         """One stream's observations as tensors, and the critic's and the actor's transformer outputs over it."""
-        obs, meta = self._stream_inputs(observations, episode_starts)
+        obs, meta, prev_actions = self._stream_inputs(observations, episode_starts, actions)
         with th.no_grad():
-            hidden, actor_hidden, _ = self.stream_forward(obs, meta)
+            hidden, actor_hidden, _ = self.stream_forward(obs, meta, prev_actions=prev_actions)
         return obs, hidden[0], actor_hidden[0]
 
     def trajectory_values(
-        self, observations: np.ndarray | dict[str, np.ndarray], episode_starts: np.ndarray | None = None
+        self,
+        observations: np.ndarray | dict[str, np.ndarray],
+        episode_starts: np.ndarray | None = None,
+        actions: np.ndarray | None = None,
     ) -> th.Tensor:
         """V for every step of one stream of observations ("Method 2"): the values the algorithm uses.
 
         :param observations: (T, *obs_shape) consecutive observations of one env (or a dict of them)
         :param episode_starts: (T,) True where a new episode starts (the first step always starts one)
+        :param actions: (T, *action_shape) the action taken at each step (needed with ``prev_action``)
         :return: (T,) values
         """
-        _, hidden, _ = self._stream(observations, episode_starts)
+        _, hidden, _ = self._stream(observations, episode_starts, actions)
         with th.no_grad():
             return self._value_head(hidden)
 
     def trajectory_distribution(
-        self, observations: np.ndarray | dict[str, np.ndarray], episode_starts: np.ndarray | None = None
+        self,
+        observations: np.ndarray | dict[str, np.ndarray],
+        episode_starts: np.ndarray | None = None,
+        actions: np.ndarray | None = None,
     ) -> Distribution:
         """The action distributions for every step of one stream of observations (with ``actor_context``,
         each step reads its episode's earlier steps), matching :meth:`trajectory_values`.
 
         :param observations: (T, *obs_shape) consecutive observations of one env (or a dict of them)
         :param episode_starts: (T,) True where a new episode starts (the first step always starts one)
+        :param actions: (T, *action_shape) the action taken at each step (needed with ``prev_action``)
         :return: a distribution over T actions
         """
-        obs, _, actor_hidden = self._stream(observations, episode_starts)
+        obs, _, actor_hidden = self._stream(observations, episode_starts, actions)
         with th.no_grad():
             return self.action_distribution(obs, actor_hidden)
 
     def attention_weights(
-        self, observations: np.ndarray | dict[str, np.ndarray], episode_starts: np.ndarray | None = None
+        self,
+        observations: np.ndarray | dict[str, np.ndarray],
+        episode_starts: np.ndarray | None = None,
+        actions: np.ndarray | None = None,
     ) -> list[th.Tensor]:
         """The transformer's attention weights over one stream of observations (an explicit, slower path that
         normal training and acting never run): one (n_heads, T, T) tensor per layer, whose row t says how much
@@ -457,10 +505,11 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
 
         :param observations: (T, *obs_shape) consecutive observations of one env (or a dict of them)
         :param episode_starts: (T,) True where a new episode starts (the first step always starts one)
+        :param actions: (T, *action_shape) the action taken at each step (needed with ``prev_action``)
         """
-        obs, meta = self._stream_inputs(observations, episode_starts)
+        obs, meta, prev_actions = self._stream_inputs(observations, episode_starts, actions)
         with th.no_grad():
-            tokens = self._tokens(self, obs, meta.timesteps)
+            tokens = self._tokens(self, obs, meta.timesteps, prev_actions=prev_actions)
             return [w[0] for w in self.transformer.attention_weights(tokens, Band(meta, self.context_len))]
 
     def predict_values(self, obs: PyTorchObs) -> th.Tensor:
@@ -483,19 +532,46 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         obs: PyTorchObs,
         timesteps: th.Tensor,
         features: th.Tensor | None = None,
+        prev_actions: th.Tensor | None = None,
     ) -> th.Tensor:
         """The input tokens of the critic's transformer (``encoder is self``) or the actor's: the embedding of each
-        observation's features plus its position embedding.
+        observation's features, plus (``prev_action``) that of the previous action, plus its position embedding.
 
         :param encoder: whose token embedding and positions
         :param obs: (N, *obs_shape) observations, N = timesteps.numel(), row-major
         :param timesteps: (...,) their index within their episodes
         :param features: (..., F) their features, if already extracted by that encoder's extractor
+        :param prev_actions: (N, *action_shape) each step's previous action (ignored without ``prev_action``)
         :return: (..., D) tokens
         """
         if features is None:
             features = self._encoder_features(obs, encoder).view(*timesteps.shape, -1)
-        return encoder.token_embedding(features) + encoder.positions(timesteps)
+        action_tokens = self._action_tokens(encoder, prev_actions, timesteps)
+        return encoder.token_embedding(features) + action_tokens + encoder.positions(timesteps)
+
+    def _action_tokens(
+        self, encoder: "AttnActorCriticPolicy | EpisodeEncoder", prev_actions: th.Tensor | None, timesteps: th.Tensor
+    ) -> th.Tensor | float:
+        """(..., D) embedding of each step's previous action (SB3's one-hot for discrete actions), zero at an
+        episode's first step; 0 without ``prev_action``.
+
+        :param encoder: whose action embedding
+        :param prev_actions: (N, *action_shape) the previous actions as the rollout buffer stores actions, N =
+            timesteps.numel() (None: only first steps, which have none)
+        :param timesteps: (...,) the steps' index within their episodes
+        """
+        if encoder.action_embedding is None:
+            return 0.0
+        N = timesteps.numel()
+        if prev_actions is None:
+            if bool((timesteps > 0).any()):
+                raise ValueError("prev_action=True: the tokens of steps after an episode's first need the previous actions")
+            return 0.0
+        actions = prev_actions.reshape(N, -1)
+        if isinstance(self.action_space, spaces.Discrete):
+            actions = actions[:, 0]
+        encoded = preprocess_obs(actions, self.action_space).reshape(N, -1)  # type: ignore[union-attr]
+        return (timesteps > 0)[..., None] * encoder.action_embedding(encoded).view(*timesteps.shape, -1)
 
     def _first_step_hidden(self, obs: PyTorchObs, encoder: "AttnActorCriticPolicy | EpisodeEncoder") -> th.Tensor:
         """(N, D) output of the critic's (``encoder is self``) or the actor's transformer for each observation
@@ -563,12 +639,13 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         zeros = th.zeros(shape, device=self.device)
         return KVCache(zeros, zeros.clone(), th.zeros(n_envs, K - 1, dtype=th.bool, device=self.device))
 
-    def cache_from_stream(self, observations: PyTorchObs, meta: TokenMeta) -> KVCache:
+    def cache_from_stream(self, observations: PyTorchObs, meta: TokenMeta, prev_actions: th.Tensor | None = None) -> KVCache:
         """The cache of the running episodes after streams of the last ``n_layers * (context_len - 1)`` steps
         (e.g. the rollout buffer's carried prefix), computed with the current parameters.
 
         :param observations: (E * P, *obs_shape) the streams' observations, row-major
         :param meta: (E, P) their metadata
+        :param prev_actions: (E * P, *action_shape) each step's previous action (needed with ``prev_action``)
         """
         E, P = meta.timesteps.shape
         n = self.context_len - 1
@@ -577,24 +654,27 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         if n == 0:
             return self.empty_cache(E)
         encoder = self._acting_encoder
-        tokens = self._tokens(encoder, observations, meta.timesteps)
+        tokens = self._tokens(encoder, observations, meta.timesteps, prev_actions=prev_actions)
         _, keys, values = encoder.transformer.forward_with_cache(tokens, Band(meta, self.context_len))
         tail = TokenMeta(*(m[:, P - n :] for m in meta))
         valid = tail.valid & (tail.episode_ids == meta.episode_ids[:, -1:])  # the last step's episode only
         return KVCache(keys, values, valid)
 
-    def step(self, obs: PyTorchObs, timesteps: th.Tensor, cache: KVCache) -> tuple[Distribution, th.Tensor, KVCache]:
+    def step(
+        self, obs: PyTorchObs, timesteps: th.Tensor, cache: KVCache, prev_actions: th.Tensor | None = None
+    ) -> tuple[Distribution, th.Tensor, KVCache]:
         """One acting step with context: the new observations attend to the cached steps of their episodes.
         Its cost does not depend on the step's position in the episode.
 
         :param obs: (E, *obs_shape) the current observations
         :param timesteps: (E,) their index within their episodes
         :param cache: the previous steps (reset it where an episode starts: :meth:`KVCache.reset`)
+        :param prev_actions: (E, *action_shape) each env's last action (needed with ``prev_action``)
         :return: action distribution, (E, D) outputs of the transformer acting runs (the actor's), and the cache
             rolled forward
         """
         encoder = self._acting_encoder
-        hidden, cache = encoder.transformer.step(self._tokens(encoder, obs, timesteps), cache)
+        hidden, cache = encoder.transformer.step(self._tokens(encoder, obs, timesteps, prev_actions=prev_actions), cache)
         return self.action_distribution(obs, hidden), hidden, cache
 
     def predict(
@@ -609,8 +689,10 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         Without ``actor_context`` (or Q_att) this is SB3's ``predict`` (``state`` stays None). With it, ``state`` carries
         the context as a fixed-shape tuple of numpy arrays with n_envs on axis 1, as RecurrentPPO:
         keys and values ``(n_layers, n_envs, n_heads, context_len - 1, d_model / n_heads)``, valid slots
-        ``(1, n_envs, context_len - 1)`` and timesteps ``(1, n_envs)``. Pass ``state=None`` to start, then the
-        returned state and ``episode_start`` (True where an episode begins, which resets that env's context).
+        ``(1, n_envs, context_len - 1)``, timesteps ``(1, n_envs)`` and, with ``prev_action``, each env's last
+        action ``(1, n_envs, action_dim)`` (as the rollout buffer stores actions). Pass ``state=None`` to start,
+        then the returned state and ``episode_start`` (True where an episode begins, which resets that env's
+        context).
 
         :param observation: the input observation(s)
         :param state: the context of the previous call (None at the start)
@@ -625,16 +707,19 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         n_envs = batch_len(obs)
         if state is None:
             cache, timesteps = self.empty_cache(n_envs), th.zeros(n_envs, dtype=th.long, device=self.device)
+            prev_actions = th.zeros(n_envs, get_action_dim(self.action_space), device=self.device)
         else:
-            keys, values, valid, steps = (th.as_tensor(x, device=self.device) for x in state)
+            keys, values, valid, steps, *last = (th.as_tensor(x, device=self.device) for x in state)
             cache, timesteps = KVCache(keys, values, valid[0].bool()), steps[0].long()
+            prev_actions = last[0][0].float() if last else None
         starts = th.zeros(n_envs, dtype=th.bool, device=self.device)
         if episode_start is not None:
             starts = th.as_tensor(np.asarray(episode_start, dtype=bool).reshape(n_envs), device=self.device)
         cache, timesteps = cache.reset(starts), th.where(starts, 0, timesteps)
         with th.no_grad():
-            distribution, _, cache = self.step(obs, timesteps, cache)
+            distribution, _, cache = self.step(obs, timesteps, cache, prev_actions)
             actions = distribution.get_actions(deterministic=deterministic)
+        taken = actions.float().reshape(n_envs, -1)  # the next step's previous actions, unclipped as the buffer's
         actions = actions.cpu().numpy().reshape((-1, *self.action_space.shape))  # type: ignore[misc]
         if isinstance(self.action_space, spaces.Box):
             if self.squash_output:
@@ -649,6 +734,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             cache.valid[None].cpu().numpy(),
             (timesteps + 1)[None].cpu().numpy(),
         )
+        if self.prev_action:
+            next_state += (taken[None].cpu().numpy(),)
         return actions, next_state
 
     # ----------------------------------------------------------------------------------------------------

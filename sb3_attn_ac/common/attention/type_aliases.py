@@ -20,6 +20,8 @@ class EpisodeStreams(NamedTuple):
                  prefix        rollout            last
 
     :param observations: table of every observation the streams use, (N, *obs_shape) (or a dict of them)
+    :param prev_actions: (N, action_dim) the action before each row of ``observations`` (as the buffer stores
+        actions; arbitrary at an episode's first step)
     :param index: (E, L) row of ``observations`` for each token
     :param meta: (E, L) token metadata
     :param n_prefix: P, number of prefix columns
@@ -33,6 +35,7 @@ class EpisodeStreams(NamedTuple):
     """
 
     observations: th.Tensor | dict[str, th.Tensor]
+    prev_actions: th.Tensor
     index: th.Tensor
     meta: TokenMeta
     n_prefix: int
