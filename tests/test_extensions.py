@@ -17,7 +17,7 @@ def test_q_att_preferences_argmax_and_softmax() -> None:
         obs_space, spaces.Discrete(4), ConstantSchedule(1e-3), context_len=4, d_model=8, q_att_coef=2.0
     )
     obs = np.random.default_rng(0).uniform(-1, 1, (6, 3)).astype(np.float32)
-    _, hidden, _ = policy._stream(obs, None)
+    _, hidden, _ = policy._stream(obs, None, None)
     with th.no_grad():
         features = policy.extract_features(th.as_tensor(obs), policy.pi_features_extractor)
         logits = policy.action_net(policy.mlp_extractor.forward_actor(features))
