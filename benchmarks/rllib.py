@@ -19,10 +19,8 @@ in ``--throughput-out``).
 """
 
 import argparse
-import importlib
 import json
 import os
-import sys
 import time
 from functools import partial
 from importlib.metadata import version
@@ -45,23 +43,10 @@ from ray.tune.registry import register_env
 from sb3_attn_ac.rllib import attn_ppo_config, register_gym_env
 
 
-def import_popgym() -> None:
-    """Import the popgym package (it registers its envs), which this folder's popgym.py (the SB3 POPGym
-    benchmark) shadows: the script's folder is first on sys.path, in the env runners too."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
-    if getattr(sys.modules.get("popgym"), "__file__", "").startswith(here):
-        del sys.modules["popgym"]
-    try:
-        importlib.import_module("popgym")
-    finally:
-        sys.path[:] = saved
-
-
 def make_popgym_env(env_config: dict, env_id: str) -> gym.Env:
     """A POPGym env, observations flattened (one-hot, as float32: RLlib's own encoders take floats), in any process."""
-    import_popgym()
+    import popgym  # noqa: F401  (registers its envs)
+
     return gym.wrappers.DtypeObservation(gym.wrappers.FlattenObservation(gym.make(env_id, **dict(env_config))), np.float32)
 
 

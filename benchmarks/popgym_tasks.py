@@ -9,8 +9,8 @@ Evaluation: 10 deterministic episodes every 10% of the budget; POPGym's returns 
 with stratified bootstrap 95% CIs, curves, per-seed finals, wall time) as ``report.py``.
 Resumable: every finished (algo, env, seed) is one JSON line in ``--out``.
 
-    python benchmarks/popgym.py --seeds 0 1 2 --budget 2e5
-    python benchmarks/popgym.py --aggregate-only
+    python benchmarks/popgym_tasks.py --seeds 0 1 2 --budget 2e5
+    python benchmarks/popgym_tasks.py --aggregate-only
 """
 
 import argparse
