@@ -62,10 +62,11 @@ ZOO = {
         policy_kwargs=dict(ortho_init=False, activation_fn=nn.ReLU, net_arch=dict(pi=[64], vf=[64])),
     ),
 }
-# Our arguments on top of the shared ones: the package defaults with actor context, and the learning-rate
-# annealing of hyperparams/ppo_attn.yml on PendulumNoVel-v1 (README "Ablations").
+# Our arguments on top of the shared ones: the package defaults with actor context, and what hyperparams/ppo_attn.yml
+# adds (README "Ablations"): the previous action in the token on CartPoleNoVel-v1 (0.3), the learning-rate annealing
+# on PendulumNoVel-v1.
 ATTN = dict(actor_context=True)
-ATTN_OVERRIDES = {"PendulumNoVel-v1": dict(learning_rate=linear_schedule(1e-3))}
+ATTN_OVERRIDES = {"CartPoleNoVel-v1": dict(prev_action=True), "PendulumNoVel-v1": dict(learning_rate=linear_schedule(1e-3))}
 LSTM = dict(lstm_hidden_size=64, enable_critic_lstm=True)
 
 
