@@ -85,9 +85,7 @@ def main() -> None:
                 if row is None and not args.aggregate_only:
                     logs = args.logs / name.replace("=", "_").replace(" ", "_")
                     row = {"variant": name, **report.train(ALGO, env_id, seed, logs, hyperparams, evaluations=1)}
-                    with args.out.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    print(f"{name} {env_id} seed {seed}: final {row['eval_mean'][-1]:.1f} ({row['wall_s']:.0f} s)", flush=True)
+                    report.record_run(args.out, row, f"{name} {env_id} seed {seed}")
                 if row is not None:
                     labelled.append({**row, "algo": f"AttnPPO {name}"})
     print(report.aggregate(labelled, args.out.parent, prefix="ablations"))

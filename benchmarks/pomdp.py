@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import common  # one torch thread; must come first
+import report
 import rl_zoo3.import_envs  # noqa: F401  (registers the NoVel envs)
 from rl_zoo3.utils import linear_schedule
 from sb3_contrib import RecurrentPPO
@@ -109,7 +110,7 @@ def fps_side_by_side(env_id: str, algos: list[str], steps: int, rounds: int) -> 
 
 def summary(path: Path) -> str:
     """Markdown table of the runs and the latest side-by-side FPS in ``path``."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = report.read_rows(path)
     runs = [r for r in rows if r.get("kind") == "run"]
     fps = {r["env"]: r["fps"] for r in rows if r.get("kind") == "fps"}  # the latest measurement per env
     lines = ["| env | algorithm | evaluation return per seed | mean | training FPS (side by side) | FPS vs RecurrentPPO |",
@@ -150,14 +151,11 @@ def main() -> None:
             fps = fps_side_by_side(env_id, args.algos, args.fps_steps, rounds=3)
             row = {"kind": "fps", "env": env_id, "steps": args.fps_steps, "fps": fps, "environment": common.environment()}
             print(json.dumps(row))
-            with args.out.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            report.append_row(args.out, row)
         return
 
-    done = set()
-    if args.out.exists():
-        rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
-        done = {(r["algo"], r["env"], r["seed"], r["timesteps"]) for r in rows if r.get("kind") == "run"}
+    rows = report.read_rows(args.out)
+    done = {(r["algo"], r["env"], r["seed"], r["timesteps"]) for r in rows if r.get("kind") == "run"}
     for env_id in args.envs:
         for algo in args.algos:
             for seed in args.seeds:
@@ -167,8 +165,7 @@ def main() -> None:
                 row["config"] = {"attn": ATTN, "attn_overrides": ATTN_OVERRIDES.get(env_id, {})} if algo == "attn_ppo" else {}
                 row["environment"] = common.environment()
                 print(json.dumps({k: v for k, v in row.items() if k != "environment"}), flush=True)
-                with args.out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                report.append_row(args.out, row)
 
 
 if __name__ == "__main__":

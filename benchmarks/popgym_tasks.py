@@ -14,7 +14,6 @@ Resumable: every finished (algo, env, seed) is one JSON line in ``--out``.
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import common  # one torch thread; must come first  # noqa: F401
@@ -73,9 +72,7 @@ def main() -> None:
                         continue
                     row = report.train(algo, env_id, seed, args.logs, entry, gym_packages=("popgym",))
                     rows.append(row)
-                    with args.out.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    print(f"{algo} {env_id} seed {seed}: final {row['eval_mean'][-1]:.2f} ({row['wall_s']:.0f} s)", flush=True)
+                    report.record_run(args.out, row, f"{algo} {env_id} seed {seed}", decimals=2)
     print(report.aggregate(rows, args.out.parent, prefix="popgym"))
 
 

@@ -125,6 +125,18 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def append_row(path: Path, row: dict) -> None:
+    """Add ``row`` to the results file ``path`` as one JSON line (as :func:`read_rows` reads them)."""
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def record_run(path: Path, row: dict, label: str, decimals: int = 1) -> None:
+    """:func:`append_row` for a training run, and print its final evaluation and wall time after ``label``."""
+    append_row(path, row)
+    print(f"{label}: final {row['eval_mean'][-1]:.{decimals}f} ({row['wall_s']:.0f} s)", flush=True)
+
+
 def config(entry: dict) -> dict[str, str]:
     """A hyperparameter entry as rows record it."""
     return {k: str(v) for k, v in entry.items()}
@@ -211,9 +223,7 @@ def main() -> None:
                         continue
                     row = train(algo, env_id, seed, args.logs, entry)
                     rows = current([*rows, row], args.version)
-                    with args.out.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    print(f"{algo} {env_id} seed {seed}: final {row['eval_mean'][-1]:.1f} ({row['wall_s']:.0f} s)", flush=True)
+                    record_run(args.out, row, f"{algo} {env_id} seed {seed}")
     print(aggregate(rows, args.out.parent))
 
 

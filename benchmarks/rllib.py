@@ -19,7 +19,6 @@ in ``--throughput-out``).
 """
 
 import argparse
-import json
 import os
 import time
 from functools import partial
@@ -182,8 +181,7 @@ def main() -> None:
         for n in args.env_runners:
             for algo in args.algos:
                 row = throughput(algo, args.envs[0], n, args.iterations)
-                with args.throughput_out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                report.append_row(args.throughput_out, row)
                 print(
                     f"{algo} {row['env']} {n} env runner(s): {row['env_steps_per_s']:.0f} env steps/s (sampling "
                     f"alone {row['sampling_env_steps_per_s']:.0f})",
@@ -201,9 +199,7 @@ def main() -> None:
                         continue
                     row = run(algo, env_id, seed, budget, args.evaluations)
                     rows.append(row)
-                    with args.out.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    print(f"{algo} {env_id} seed {seed}: final {row['eval_mean'][-1]:.2f} ({row['wall_s']:.0f} s)", flush=True)
+                    report.record_run(args.out, row, f"{algo} {env_id} seed {seed}", decimals=2)
     print(report.aggregate(rows, args.out.parent, prefix="rllib"))
 
 
