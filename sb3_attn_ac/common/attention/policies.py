@@ -439,12 +439,13 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         ``actions``)."""
         obs, _ = self.obs_to_tensor(observations)
         T = batch_len(obs)
+        meta = self._stream_meta(T, episode_starts)
         if actions is None:
             if self.prev_action:
                 raise ValueError("prev_action=True: pass the actions taken at each step (actions=...)")
-            return obs, self._stream_meta(T, episode_starts), None
+            return obs, meta, None
         actions = th.as_tensor(np.asarray(actions), dtype=th.float32, device=self.device).reshape(T, -1)
-        return obs, self._stream_meta(T, episode_starts), F.pad(actions[:-1], (0, 0, 1, 0))  # step t's is a_{t-1}
+        return obs, meta, F.pad(actions[:-1], (0, 0, 1, 0))  # step t's previous action is a_{t-1}
 
     def _stream(
         self,
