@@ -1,21 +1,23 @@
-"""Ablations of AttnPPO on the partially observed tasks: each variant changes one thing in AttnPPO's rl-zoo3
-entry (``hyperparams/ppo_attn.yml``) and is trained and evaluated exactly as ``report.py`` does (``attn-zoo
-train``) with the same final evaluation (10 deterministic episodes at the end of the budget; no intermediate
-evaluations, which do not change training). The ``default`` variant is the entry unchanged, run in the same
-script with the same seeds.
+"""Ablations of AttnPPO (or, with ``--algo a2c_attn``, AttnA2C) on the partially observed tasks: each variant changes
+one thing in the algorithm's rl-zoo3 entry (``hyperparams/ppo_attn.yml``, ``a2c_attn.yml``) and is trained and
+evaluated exactly as ``report.py`` does (``attn-zoo train``) with the same final evaluation (10 deterministic
+episodes at the end of the budget; no intermediate evaluations, which do not change training). The ``default``
+variant is the entry unchanged, run in the same script with the same seeds.
 
-Variants: the position encoding of sb3-attn-ac 0.1 (``position_encoding=absolute``: a sinusoidal embedding of
-the episode step instead of per-head offset biases and a start embedding); RecurrentPPO's tuned learning rate
-("constant learning rate": 3e-4 on CartPoleNoVel, 1e-3 on PendulumNoVel, where the entries now anneal
-``lin_1e-3``); an actor transformer of its own (``shared_transformer=False``); the previous action in every
-token or not (``prev_action``, flipped from the entry's); PPO's update size (``target_kl=0.02``) and an entropy
-bonus (``ent_coef=0.01``); the contrastive loss off (``ct_coef=0``); a context-free critic and actor
-(``context_len=1``); the issue-6 options: Q_att action preferences (``q_att_coef=1``, Discrete actions only),
-the masked next-state and reward-to-go heads (``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts
+Variants: the position encoding of sb3-attn-ac 0.1 (``position_encoding=absolute``: a sinusoidal embedding of the
+episode step instead of per-head offset biases and a start embedding); RecurrentPPO's tuned learning rate ("constant
+learning rate": 3e-4 on CartPoleNoVel, 1e-3 on PendulumNoVel, where the entries now anneal ``lin_1e-3``); an actor
+transformer of its own (``shared_transformer=False``); the previous action in every token or not (``prev_action``,
+flipped from the entry's); PPO's update size (``target_kl=0.02``, half the entry's ``n_epochs``), an entropy bonus
+(``ent_coef=0.01``) and advantages left unnormalised (``normalize_advantage=False``); the contrastive loss off
+(``ct_coef=0``); a context-free critic and actor (``context_len=1``); a deeper or wider transformer (``n_layers=2``,
+``d_model=64``); the issue-6 options: Q_att action preferences (``q_att_coef=1``, Discrete actions only), the masked
+next-state and reward-to-go heads (``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts
 (``n_episodes=n_envs``).
 Resumable: every finished run is a JSON line in ``--out`` with its hyperparameters, package version and commit;
-a variant's run is the row of the installed version with the same env, seed and hyperparameters (whatever the
-variant was called when it ran), so a changed entry runs again (``--version`` shows another version's rows).
+a variant's run is the row of the installed version and gymnasium with the same env, seed and hyperparameters
+(whatever the variant was called when it ran), so a changed entry runs again (``--version`` / ``--gymnasium`` show
+other versions' rows: the same seed gives another run under another gymnasium).
 
     python benchmarks/ablations.py --seeds 0 1 2
     python benchmarks/ablations.py --variants default position_encoding=absolute --seeds 100 101 102
@@ -34,26 +36,43 @@ from gymnasium import spaces
 
 import sb3_attn_ac
 
-ALGO = "ppo_attn"
+DEFAULT_LEARNING_RATE = {"ppo_attn": 3e-4, "a2c_attn": 7e-4}  # PPO's and A2C's
 
 
-def variants(entry: dict, env_id: str) -> dict[str, dict]:
-    """Each ablation's hyperparameter overrides for ``env_id`` (Q_att only for Discrete actions)."""
+def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict]:
+    """Each ablation's hyperparameter overrides of ``algo``'s entry for ``env_id`` (Q_att only for Discrete
+    actions; PPO's update-size variants only for AttnPPO)."""
+    normalize_advantage = str(entry.get("normalize_advantage", algo == "ppo_attn")) == "True"
+    learning_rate = entry.get("learning_rate", DEFAULT_LEARNING_RATE[algo])
     out = {
         "default": {},
         "position_encoding=absolute": dict(position_encoding="absolute"),
-        # 0.2.0's entries before the NoVel learning rates were annealed (lin_1e-3):
-        "constant learning rate": dict(learning_rate={"CartPoleNoVel-v1": 3e-4, "PendulumNoVel-v1": 1e-3}.get(env_id)),
         "shared_transformer=False": dict(shared_transformer=False),
         f"prev_action={not entry.get('prev_action', False)}": dict(prev_action=not entry.get("prev_action", False)),
-        # PPO's update size after the task is solved (the NoVel entries' 20 epochs on 256 samples):
-        "target_kl=0.02": dict(target_kl=0.02),
         "ent_coef=0.01": dict(ent_coef=0.01),
+        # Advantages normalised or not: once every episode reaches the time limit the advantages are near zero, and
+        # per-minibatch normalisation scales that noise up to unit size.
+        f"normalize_advantage={not normalize_advantage}": dict(normalize_advantage=not normalize_advantage),
+        # A constant learning rate annealed linearly to 0 over the budget (rl-zoo3's lin_ schedule):
+        "annealed learning rate": dict(
+            learning_rate=None if str(learning_rate).startswith("lin_") else f"lin_{learning_rate}"
+        ),
         "ct_coef=0": dict(ct_coef=0.0),
         "context_len=1": dict(context_len=1),
+        # Capacity: PendulumNoVel's velocity is a product of consecutive steps' (cos, sin), not a difference.
+        "n_layers=2": dict(n_layers=2),
+        "d_model=64": dict(d_model=64),
         "next_state_coef=rtg_coef=0.1": dict(next_state_coef=0.1, rtg_coef=0.1),
         "n_episodes=n_envs": dict(n_episodes=int(entry["n_envs"])),
     }
+    if algo == "ppo_attn":
+        out.update({
+            # 0.2.0's entries before the NoVel learning rates were annealed (lin_1e-3):
+            "constant learning rate": dict(learning_rate={"CartPoleNoVel-v1": 3e-4, "PendulumNoVel-v1": 1e-3}.get(env_id)),
+            # PPO's update size after the task is solved (the NoVel entries' 20 epochs on 256 samples):
+            "target_kl=0.02": dict(target_kl=0.02),
+            "n_epochs halved": dict(n_epochs=int(entry.get("n_epochs", 10)) // 2),
+        })  # fmt: skip
     if isinstance(gym.make(env_id).action_space, spaces.Discrete):
         out["q_att_coef=1"] = dict(q_att_coef=1.0)
     return {name: overrides for name, overrides in out.items() if None not in overrides.values()}
@@ -61,34 +80,42 @@ def variants(entry: dict, env_id: str) -> dict[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algo", choices=["ppo_attn", "a2c_attn"], default="ppo_attn")
     parser.add_argument("--envs", nargs="+", default=["CartPoleNoVel-v1", "PendulumNoVel-v1"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", help="run only these variants (default: all)")
     parser.add_argument("--logs", type=Path, default=Path("logs/ablations"))
     parser.add_argument("--aggregate-only", action="store_true")
     parser.add_argument("--version", default=sb3_attn_ac.__version__, help="aggregate the rows of this package version")
+    parser.add_argument("--gymnasium", default=gym.__version__, help="... run with this gymnasium version")
     parser.add_argument("--out", type=Path, default=report.RESULTS / "ablations.jsonl")
     args = parser.parse_args()
 
     rows = report.read_rows(args.out)
     key = lambda env_id, seed, hyperparams: (env_id, seed, json.dumps(hyperparams, sort_keys=True))  # noqa: E731
-    runs = {key(r["env"], r["seed"], r["hyperparams"]): r for r in rows if r["environment"]["sb3-attn-ac"] == args.version}
+    algo = args.algo
+    versions = (args.version, args.gymnasium)
+    runs = {
+        key(r["env"], r["seed"], r["hyperparams"]): r
+        for r in rows
+        if r["algo"] == algo and (r["environment"]["sb3-attn-ac"], r["environment"]["gymnasium"]) == versions
+    }
     labelled = []
     for env_id in args.envs:
-        entry = report.hyperparams(ALGO, env_id)
-        for name, overrides in variants(entry, env_id).items():
+        entry = report.hyperparams(algo, env_id)
+        for name, overrides in variants(entry, env_id, algo).items():
             if args.variants and name not in args.variants:
                 continue
             for seed in args.seeds:
                 hyperparams = {**entry, **overrides}
                 row = runs.get(key(env_id, seed, report.config(hyperparams)))
                 if row is None and not args.aggregate_only:
-                    logs = args.logs / name.replace("=", "_").replace(" ", "_")
-                    row = {"variant": name, **report.train(ALGO, env_id, seed, logs, hyperparams, evaluations=1)}
-                    report.record_run(args.out, row, f"{name} {env_id} seed {seed}")
+                    logs = args.logs / algo / name.replace("=", "_").replace(" ", "_")
+                    row = {"variant": name, **report.train(algo, env_id, seed, logs, hyperparams, evaluations=1)}
+                    report.record_run(args.out, row, f"{algo} {name} {env_id} seed {seed}")
                 if row is not None:
-                    labelled.append({**row, "algo": f"AttnPPO {name}"})
-    print(report.aggregate(labelled, args.out.parent, prefix="ablations"))
+                    labelled.append({**row, "algo": f"{report.NAMES[algo]} {name}"})
+    print(report.aggregate(labelled, args.out.parent, prefix=f"ablations_{algo}"))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """One AttnPPO run through rl-zoo3 exactly as ``report.py`` trains it, with SB3's train statistics of every update
 (``train/approx_kl``, ``clip_fraction``, ``entropy_loss``, ``value_loss``, ``explained_variance``,
 ``contrastive_loss``, ...) and each head's offset biases (offsets 0-4, and the mean of the rest) written to a CSV
-(``progress.csv`` in ``--logs``), to see *why* a run fails: what the heads attend to, when the policy turns
-deterministic, whether an update jumped. The callback only reads, so the run is the report's run (same seed, same
-result); evaluations every 10% of the budget as the report's.
+(``progress.csv`` in ``--logs``), and the scale of each rollout's advantages before PPO normalises them, to see
+*why* a run fails: what the heads attend to, when the policy turns deterministic, whether an update jumped. The
+callback only reads, so the run is the report's run (same seed, same result); evaluations every 10% of the budget as
+the report's.
 
     python benchmarks/diagnose.py --env CartPoleNoVel-v1 --seed 101
     python benchmarks/diagnose.py --env CartPoleNoVel-v1 --seed 100 --set prev_action=false
+    python benchmarks/diagnose.py --env CartPoleNoVel-v1 --seed 101 --set normalize_advantage=false
 """
 
 import argparse
@@ -32,6 +34,12 @@ class TrainStatistics(BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
+        # The rollout's advantages before PPO normalises them per minibatch (SB3 computes them before this call):
+        # their scale against the returns' tells how much signal the normalised ones carry.
+        buffer = self.model.rollout_buffer
+        self.logger.record("adv/std", float(buffer.advantages.std()))
+        self.logger.record("adv/abs_mean", float(abs(buffer.advantages).mean()))
+        self.logger.record("adv/return_std", float(buffer.returns.std()))
         K = self.model.context_len
         for layer, block in enumerate(self.model.policy.transformer.blocks):
             bias = block.attn.offset_bias
@@ -65,7 +73,8 @@ def main() -> None:
     print(f"evaluations every 10%: {[round(x) for x in row['eval_mean']]}", file=sys.stderr)
     table = pd.read_csv(folder / "progress.csv")
     table = table.ffill()[table["train/approx_kl"].notna()]  # one row per update (biases: the rollout before it)
-    columns = ["time/total_timesteps", "rollout/ep_rew_mean", "train/approx_kl", "train/entropy_loss", "train/value_loss"]
+    columns = ["time/total_timesteps", "rollout/ep_rew_mean", "train/approx_kl", "train/entropy_loss", "train/value_loss",
+               "adv/std", "adv/return_std"]  # fmt: skip
     print(table[columns + [c for c in table if c.startswith("bias/")]].iloc[:: max(1, len(table) // 20)].round(3).to_string())
 
 

@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 
 import common  # one torch thread; must come first  # noqa: F401
+import gymnasium as gym
 import report
 
 import sb3_attn_ac
@@ -56,11 +57,12 @@ def main() -> None:
     parser.add_argument("--logs", type=Path, default=Path("logs/popgym"))
     parser.add_argument("--aggregate-only", action="store_true")
     parser.add_argument("--version", default=sb3_attn_ac.__version__, help="aggregate our algorithms' rows of this version")
+    parser.add_argument("--gymnasium", default=gym.__version__, help="aggregate the rows run with this gymnasium version")
     parser.add_argument("--out", type=Path, default=report.RESULTS / "popgym.jsonl")
     args = parser.parse_args()
 
     rows = report.read_rows(args.out)
-    rows = report.current(rows, args.version)
+    rows = report.current(rows, args.version, args.gymnasium)
     if not args.aggregate_only:
         done = {(r["algo"], r["env"], r["seed"]) for r in rows}
         for task in args.tasks:

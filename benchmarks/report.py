@@ -8,8 +8,8 @@ env with observation normalisation (A2C and PPO have no NoVel entries); one with
 observed env uses its NoVel entry if any (RecurrentPPO on CartPole-v1: its tuned CartPoleNoVel-v1 settings),
 else rl-zoo3's ``default``.
 Runs are resumable: every finished (algo, env, seed) is one JSON line in ``--out`` and is skipped next time while
-its hyperparameter entry is unchanged; our algorithms' rows count only for the package version that ran them
-(``--version`` shows an older one's).
+its hyperparameter entry is unchanged; rows count only for the gymnasium version that ran them, and our algorithms'
+only for the package version that ran them (``--gymnasium`` / ``--version`` show older ones).
 
     python benchmarks/report.py --envs CartPole-v1 --algos a2c a2c_attn ppo ppo_attn --seeds 0 1 2 3 4
     python benchmarks/report.py --aggregate-only
@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import common  # one torch thread; must come first
+import gymnasium as gym
 import matplotlib
 import numpy as np
 import yaml
@@ -142,9 +143,11 @@ def config(entry: dict) -> dict[str, str]:
     return {k: str(v) for k, v in entry.items()}
 
 
-def current(rows: list[dict], version: str) -> list[dict]:
-    """The rows of our algorithms that ``version`` of the package ran, and every baseline row; of several runs of
-    one (algorithm, env, seed), the last (a run with a changed hyperparameter entry supersedes the older one)."""
+def current(rows: list[dict], version: str, gymnasium: str = gym.__version__) -> list[dict]:
+    """The rows that ran with ``gymnasium`` (the same seed gives another run under another gymnasium), of our
+    algorithms only those that ``version`` of the package ran; of several runs of one (algorithm, env, seed), the
+    last (a run with a changed hyperparameter entry supersedes the older one)."""
+    rows = [r for r in rows if r["environment"]["gymnasium"] == gymnasium]
     rows = [r for r in rows if r["algo"] not in zoo.ALGOS or r["environment"]["sb3-attn-ac"] == version]
     return list({(r["algo"], r["env"], r["seed"]): r for r in rows}.values())
 
@@ -208,11 +211,12 @@ def main() -> None:
     parser.add_argument("--aggregate-only", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "report.jsonl")
     parser.add_argument("--version", default=sb3_attn_ac.__version__, help="aggregate our algorithms' rows of this version")
+    parser.add_argument("--gymnasium", default=gym.__version__, help="aggregate the rows run with this gymnasium version")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     rows = read_rows(args.out)
-    rows = current(rows, args.version)  # older versions' rows of our algorithms stay in the file as history
+    rows = current(rows, args.version, args.gymnasium)  # older versions' rows stay in the file as history
     if not args.aggregate_only:
         done = {(r["algo"], r["env"], r["seed"], json.dumps(r["hyperparams"], sort_keys=True)) for r in rows}
         for env_id in args.envs:
@@ -222,7 +226,7 @@ def main() -> None:
                     if (algo, env_id, seed, json.dumps(config(entry), sort_keys=True)) in done:
                         continue
                     row = train(algo, env_id, seed, args.logs, entry)
-                    rows = current([*rows, row], args.version)
+                    rows = current([*rows, row], args.version, args.gymnasium)
                     record_run(args.out, row, f"{algo} {env_id} seed {seed}")
     print(aggregate(rows, args.out.parent))
 

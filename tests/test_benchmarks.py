@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
+
 from sb3_attn_ac import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,13 +22,17 @@ def aggregate(out: Path) -> str:
 def test_report_aggregate_is_reproducible_iqm_with_plots(tmp_path) -> None:
     finals = [13.0, 57.0, 230.0, 251.0, 310.0, 388.0, 470.0, 612.0, 804.0, 1000.0]  # IQM: mean of the middle 6, 377
 
-    def row(algo: str, seed: int, timesteps: list[int], eval_mean: list[float], version: str = __version__) -> dict:
+    def row(
+        algo: str, seed: int, timesteps: list[int], eval_mean: list[float], version: str = __version__, gym_version: str = ""
+    ) -> dict:
         return {"algo": algo, "env": "CartPoleNoVel-v1", "seed": seed, "budget": 1000, "timesteps": timesteps,
-                "eval_mean": eval_mean, "environment": {"sb3-attn-ac": version}}  # fmt: skip
+                "eval_mean": eval_mean,
+                "environment": {"sb3-attn-ac": version, "gymnasium": gym_version or gym.__version__}}  # fmt: skip
 
     rows = [row("ppo_attn", seed, [500, 1000], [0.0, final]) for seed, final in enumerate(finals)]
     rows.append(row("ppo", 0, [1000], [7.0], version="0.0.1"))  # evaluated at the end only: a bar, no curve
     rows.append(row("ppo_attn", 10, [500, 1000], [500.0, 500.0], version="0.0.1"))  # an older release's: left out
+    rows.append(row("ppo", 1, [1000], [9.0], gym_version="0.0.1"))  # run under another gymnasium: left out
     rows.append(row("a2c_attn", 0, [250, 500, 750, 1000], [480.0, 500.0, 500.0, 400.0]))  # reaches 475, then drops
     rows.append(row("a2c_attn", 1, [250, 500, 750, 1000], [100.0, 200.0, 460.0, 470.0]))  # never reaches, holds
     out = tmp_path / "rows.jsonl"
