@@ -10,14 +10,15 @@ learning rate": 3e-4 on CartPoleNoVel, 1e-3 on PendulumNoVel, where the entries 
 transformer of its own (``shared_transformer=False``); the previous action in every token or not (``prev_action``,
 flipped from the entry's); PPO's update size (``target_kl=0.02``, half the entry's ``n_epochs``), an entropy bonus
 (``ent_coef=0.01``) and advantages left unnormalised (``normalize_advantage=False``); the contrastive loss off
-(``ct_coef=0``); a context-free critic and actor (``context_len=1``); a deeper or wider transformer (``n_layers=2``,
-``d_model=64``); the issue-6 options: Q_att action preferences (``q_att_coef=1``, Discrete actions only), the masked
-next-state and reward-to-go heads (``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts
-(``n_episodes=n_envs``).
-Resumable: every finished run is a JSON line in ``--out`` with its hyperparameters, package version and commit;
-a variant's run is the row of the installed version and gymnasium with the same env, seed and hyperparameters
-(whatever the variant was called when it ran), so a changed entry runs again (``--version`` / ``--gymnasium`` show
-other versions' rows: the same seed gives another run under another gymnasium).
+(``ct_coef=0``); a context-free critic and actor (``context_len=1``) or a short window (``context_len=4``); a deeper
+or wider transformer (``n_layers=2``, ``d_model=64``); the issue-6 options: Q_att action preferences
+(``q_att_coef=1``, Discrete actions only), the masked next-state and reward-to-go heads
+(``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts (``n_episodes=n_envs``).
+Resumable: every finished run is a JSON line in ``--out`` with its hyperparameters, package version and commit; a
+variant's run is the row of the installed version and gymnasium with the same env, seed and hyperparameters
+(whatever the variant was called when it ran; a hyperparameter set to the algorithm's default counts as left out),
+so a changed entry runs again (``--version`` / ``--gymnasium`` show other versions' rows: the same seed gives
+another run under another gymnasium).
 
     python benchmarks/ablations.py --seeds 0 1 2
     python benchmarks/ablations.py --variants default position_encoding=absolute --seeds 100 101 102
@@ -25,6 +26,7 @@ other versions' rows: the same seed gives another run under another gymnasium).
 """
 
 import argparse
+import inspect
 import json
 from pathlib import Path
 
@@ -37,6 +39,14 @@ from gymnasium import spaces
 import sb3_attn_ac
 
 DEFAULT_LEARNING_RATE = {"ppo_attn": 3e-4, "a2c_attn": 7e-4}  # PPO's and A2C's
+
+
+def run_key(algo: str, env_id: str, seed: int, hyperparams: dict[str, str]) -> tuple[str, int, str]:
+    """What identifies a run: env, seed and the hyperparameters as rows record them, less those set to the
+    algorithm's own default (an entry that spells out a default trains exactly as one that leaves it out)."""
+    defaults = inspect.signature(sb3_attn_ac.AttnPPO if algo == "ppo_attn" else sb3_attn_ac.AttnA2C).parameters
+    kept = {k: v for k, v in hyperparams.items() if k not in defaults or str(defaults[k].default) != v}
+    return env_id, seed, json.dumps(kept, sort_keys=True)
 
 
 def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict]:
@@ -59,6 +69,8 @@ def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict
         ),
         "ct_coef=0": dict(ct_coef=0.0),
         "context_len=1": dict(context_len=1),
+        # A short window: PendulumNoVel's velocity is the last step's angle difference (semi-implicit Euler).
+        "context_len=4": dict(context_len=4),
         # Capacity: PendulumNoVel's velocity is a product of consecutive steps' (cos, sin), not a difference.
         "n_layers=2": dict(n_layers=2),
         "d_model=64": dict(d_model=64),
@@ -92,11 +104,10 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = report.read_rows(args.out)
-    key = lambda env_id, seed, hyperparams: (env_id, seed, json.dumps(hyperparams, sort_keys=True))  # noqa: E731
     algo = args.algo
     versions = (args.version, args.gymnasium)
     runs = {
-        key(r["env"], r["seed"], r["hyperparams"]): r
+        run_key(algo, r["env"], r["seed"], r["hyperparams"]): r
         for r in rows
         if r["algo"] == algo and (r["environment"]["sb3-attn-ac"], r["environment"]["gymnasium"]) == versions
     }
@@ -108,7 +119,7 @@ def main() -> None:
                 continue
             for seed in args.seeds:
                 hyperparams = {**entry, **overrides}
-                row = runs.get(key(env_id, seed, report.config(hyperparams)))
+                row = runs.get(run_key(algo, env_id, seed, report.config(hyperparams)))
                 if row is None and not args.aggregate_only:
                     logs = args.logs / algo / name.replace("=", "_").replace(" ", "_")
                     row = {"variant": name, **report.train(algo, env_id, seed, logs, hyperparams, evaluations=1)}
