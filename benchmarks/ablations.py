@@ -10,10 +10,11 @@ learning rate": 3e-4 on CartPoleNoVel, 1e-3 on PendulumNoVel, where the entries 
 transformer of its own (``shared_transformer=False``); the previous action in every token or not (``prev_action``,
 flipped from the entry's); PPO's update size (``target_kl=0.02``, half the entry's ``n_epochs``), an entropy bonus
 (``ent_coef=0.01``) and advantages left unnormalised (``normalize_advantage=False``); the contrastive loss off
-(``ct_coef=0``); a context-free critic and actor (``context_len=1``) or a short window (``context_len=4``); a deeper
-or wider transformer (``n_layers=2``, ``d_model=64``); the issue-6 options: Q_att action preferences
-(``q_att_coef=1``, Discrete actions only), the masked next-state and reward-to-go heads
-(``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts (``n_episodes=n_envs``).
+(``ct_coef=0``); a context-free critic and actor (``context_len=1``) or a short window (``context_len=4``); the last
+two observations stacked in each token (``frame_stack=2``); a deeper or wider transformer (``n_layers=2``,
+``d_model=64``); the issue-6 options: Q_att action preferences (``q_att_coef=1``, Discrete actions only), the masked
+next-state and reward-to-go heads (``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts
+(``n_episodes=n_envs``).
 Resumable: every finished run is a JSON line in ``--out`` with its hyperparameters, package version and commit; a
 variant's run is the row of the installed version and gymnasium with the same env, seed and hyperparameters
 (whatever the variant was called when it ran; a hyperparameter set to the algorithm's default counts as left out),
@@ -71,6 +72,8 @@ def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict
         "context_len=1": dict(context_len=1),
         # A short window: PendulumNoVel's velocity is the last step's angle difference (semi-implicit Euler).
         "context_len=4": dict(context_len=4),
+        # The last two observations in every token (rl-zoo3's VecFrameStack): the velocity without memory.
+        "frame_stack=2": dict(frame_stack=2),
         # Capacity: PendulumNoVel's velocity is a product of consecutive steps' (cos, sin), not a difference.
         "n_layers=2": dict(n_layers=2),
         "d_model=64": dict(d_model=64),
