@@ -8,13 +8,13 @@ Variants: the position encoding of sb3-attn-ac 0.1 (``position_encoding=absolute
 episode step instead of per-head offset biases and a start embedding); RecurrentPPO's tuned learning rate ("constant
 learning rate": 3e-4 on CartPoleNoVel, 1e-3 on PendulumNoVel, where the entries now anneal ``lin_1e-3``); an actor
 transformer of its own (``shared_transformer=False``); the previous action in every token or not (``prev_action``,
-flipped from the entry's); PPO's update size (``target_kl=0.02``, half the entry's ``n_epochs``), an entropy bonus
-(``ent_coef=0.01``) and advantages left unnormalised (``normalize_advantage=False``); the contrastive loss off
-(``ct_coef=0``); a context-free critic and actor (``context_len=1``) or a short window (``context_len=4``); the last
-two observations stacked in each token (``frame_stack=2``); a deeper or wider transformer (``n_layers=2``,
-``d_model=64``); the issue-6 options: Q_att action preferences (``q_att_coef=1``, Discrete actions only), the masked
-next-state and reward-to-go heads (``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts
-(``n_episodes=n_envs``).
+flipped from the entry's); PPO's update size (``target_kl=0.02``, half or twice the entry's ``n_epochs``, twice its
+learning rate), an entropy bonus (``ent_coef=0.01``) and advantages left unnormalised
+(``normalize_advantage=False``); the contrastive loss off (``ct_coef=0``); a context-free critic and actor
+(``context_len=1``) or a short window (``context_len=4``); the last two observations stacked in each token
+(``frame_stack=2``); a deeper or wider transformer (``n_layers=2``, ``d_model=64``); the issue-6 options: Q_att
+action preferences (``q_att_coef=1``, Discrete actions only), the masked next-state and reward-to-go heads
+(``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts (``n_episodes=n_envs``).
 Resumable: every finished run is a JSON line in ``--out`` with its hyperparameters, package version and commit; a
 variant's run is the row of the installed version and gymnasium with the same env, seed and hyperparameters
 (whatever the variant was called when it ran; a hyperparameter set to the algorithm's default counts as left out),
@@ -50,6 +50,12 @@ def run_key(algo: str, env_id: str, seed: int, hyperparams: dict[str, str]) -> t
     return env_id, seed, json.dumps(kept, sort_keys=True)
 
 
+def doubled(learning_rate: float | str) -> float | str:
+    """Twice a learning rate of an entry, constant or rl-zoo3's linear schedule (``lin_<initial value>``)."""
+    text = str(learning_rate)
+    return f"lin_{2 * float(text[4:])}" if text.startswith("lin_") else 2 * float(text)
+
+
 def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict]:
     """Each ablation's hyperparameter overrides of ``algo``'s entry for ``env_id`` (Q_att only for Discrete
     actions; PPO's update-size variants only for AttnPPO)."""
@@ -68,6 +74,7 @@ def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict
         "annealed learning rate": dict(
             learning_rate=None if str(learning_rate).startswith("lin_") else f"lin_{learning_rate}"
         ),
+        "learning rate doubled": dict(learning_rate=doubled(learning_rate)),
         "ct_coef=0": dict(ct_coef=0.0),
         "context_len=1": dict(context_len=1),
         # A short window: PendulumNoVel's velocity is the last step's angle difference (semi-implicit Euler).
@@ -87,6 +94,7 @@ def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict
             # PPO's update size after the task is solved (the NoVel entries' 20 epochs on 256 samples):
             "target_kl=0.02": dict(target_kl=0.02),
             "n_epochs halved": dict(n_epochs=int(entry.get("n_epochs", 10)) // 2),
+            "n_epochs doubled": dict(n_epochs=int(entry.get("n_epochs", 10)) * 2),
         })  # fmt: skip
     if isinstance(gym.make(env_id).action_space, spaces.Discrete):
         out["q_att_coef=1"] = dict(q_att_coef=1.0)
