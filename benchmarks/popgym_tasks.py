@@ -75,7 +75,7 @@ def main() -> None:
                     row = report.train(algo, env_id, seed, args.logs, entry, gym_packages=("popgym",))
                     rows.append(row)
                     report.record_run(args.out, row, f"{algo} {env_id} seed {seed}", decimals=2)
-    print(report.aggregate(rows, args.out.parent, prefix="popgym"))
+    print(report.aggregate(rows, args.out.parent, prefix="popgym", decimals=2))
 
 
 if __name__ == "__main__":

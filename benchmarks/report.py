@@ -152,10 +152,10 @@ def current(rows: list[dict], version: str, gymnasium: str = gym.__version__) ->
     return list({(r["algo"], r["env"], r["seed"]): r for r in rows}.values())
 
 
-def aggregate(rows: list[dict], out_dir: Path, prefix: str = "report") -> str:
+def aggregate(rows: list[dict], out_dir: Path, prefix: str = "report", decimals: int = 0) -> str:
     """IQM and 95% stratified bootstrap CIs per env and algorithm; writes one PNG per env (``prefix_<env>.png``);
     returns a markdown table (with each seed's first evaluation at the env's :data:`REACH` level, and how many
-    seeds' curves :func:`holds`)."""
+    seeds' curves :func:`holds`), returns written with ``decimals`` decimals (POPGym's lie in [-1, 1])."""
     lines = [
         "| env | algorithm | seeds | budget | final IQM [95% CI] | final mean per seed | first >= REACH, per seed "
         "| seeds holding |",
@@ -179,7 +179,7 @@ def aggregate(rows: list[dict], out_dir: Path, prefix: str = "report") -> str:
             fp, fi = _estimates(final, lambda x: np.array([metrics.aggregate_iqm(x)]))
             finals.append((fp[0], fi[:, 0]))
             labels.append(NAMES.get(algo, algo))
-            per_seed = ", ".join(f"{x:.0f}" for x in final[:, 0])
+            per_seed = ", ".join(f"{x:.{decimals}f}" for x in final[:, 0])
             reach = "-"
             if env_id in REACH and n > 1:
                 reach = f"{REACH[env_id]}: " + ", ".join(
@@ -187,7 +187,8 @@ def aggregate(rows: list[dict], out_dir: Path, prefix: str = "report") -> str:
                 )
             held = f"{sum(holds(r['eval_mean'][:n]) for r in runs)}/{len(runs)}" if n > 1 else "-"
             lines.append(f"| {env_id} | {NAMES.get(algo, algo)} | {len(runs)} | {runs[0]['budget']:.0e} "
-                         f"| {fp[0]:.0f} [{fi[0, 0]:.0f}, {fi[1, 0]:.0f}] | {per_seed} | {reach} | {held} |")  # fmt: skip
+                         f"| {fp[0]:.{decimals}f} [{fi[0, 0]:.{decimals}f}, {fi[1, 0]:.{decimals}f}] | {per_seed} "
+                         f"| {reach} | {held} |")  # fmt: skip
         curves.set_xlabel("timesteps")
         curves.set_ylabel("evaluation return (IQM over seeds, 95% CI)")
         curves.set_title(env_id)

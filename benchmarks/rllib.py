@@ -200,7 +200,8 @@ def main() -> None:
                     row = run(algo, env_id, seed, budget, args.evaluations)
                     rows.append(row)
                     report.record_run(args.out, row, f"{algo} {env_id} seed {seed}", decimals=2)
-    print(report.aggregate(rows, args.out.parent, prefix="rllib"))
+    popgym = any(r["env"].startswith("popgym-") for r in rows)
+    print(report.aggregate(rows, args.out.parent, prefix="rllib", decimals=2 if popgym else 0))
 
 
 if __name__ == "__main__":
