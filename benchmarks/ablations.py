@@ -27,8 +27,10 @@ another run under another gymnasium).
 """
 
 import argparse
+import functools
 import inspect
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import common  # one torch thread; must come first  # noqa: F401
@@ -42,10 +44,16 @@ import sb3_attn_ac
 DEFAULT_LEARNING_RATE = {"ppo_attn": 3e-4, "a2c_attn": 7e-4}  # PPO's and A2C's
 
 
+@functools.cache
+def constructor_defaults(algo: str) -> Mapping[str, inspect.Parameter]:
+    """The arguments of ``algo``'s class, with their defaults."""
+    return inspect.signature(sb3_attn_ac.AttnPPO if algo == "ppo_attn" else sb3_attn_ac.AttnA2C).parameters
+
+
 def run_key(algo: str, env_id: str, seed: int, hyperparams: dict[str, str]) -> tuple[str, int, str]:
     """What identifies a run: env, seed and the hyperparameters as rows record them, less those set to the
     algorithm's own default (an entry that spells out a default trains exactly as one that leaves it out)."""
-    defaults = inspect.signature(sb3_attn_ac.AttnPPO if algo == "ppo_attn" else sb3_attn_ac.AttnA2C).parameters
+    defaults = constructor_defaults(algo)
     kept = {k: v for k, v in hyperparams.items() if k not in defaults or str(defaults[k].default) != v}
     return env_id, seed, json.dumps(kept, sort_keys=True)
 
@@ -88,13 +96,14 @@ def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict
         "n_episodes=n_envs": dict(n_episodes=int(entry["n_envs"])),
     }
     if algo == "ppo_attn":
+        n_epochs = int(entry.get("n_epochs", 10))  # PPO's default
         out.update({
             # 0.2.0's entries before the NoVel learning rates were annealed (lin_1e-3):
             "constant learning rate": dict(learning_rate={"CartPoleNoVel-v1": 3e-4, "PendulumNoVel-v1": 1e-3}.get(env_id)),
             # PPO's update size after the task is solved (the NoVel entries' 20 epochs on 256 samples):
             "target_kl=0.02": dict(target_kl=0.02),
-            "n_epochs halved": dict(n_epochs=int(entry.get("n_epochs", 10)) // 2),
-            "n_epochs doubled": dict(n_epochs=int(entry.get("n_epochs", 10)) * 2),
+            "n_epochs halved": dict(n_epochs=n_epochs // 2),
+            "n_epochs doubled": dict(n_epochs=n_epochs * 2),
         })  # fmt: skip
     if isinstance(gym.make(env_id).action_space, spaces.Discrete):
         out["q_att_coef=1"] = dict(q_att_coef=1.0)
@@ -110,17 +119,16 @@ def main() -> None:
     parser.add_argument("--logs", type=Path, default=Path("logs/ablations"))
     parser.add_argument("--aggregate-only", action="store_true")
     parser.add_argument("--version", default=sb3_attn_ac.__version__, help="aggregate the rows of this package version")
-    parser.add_argument("--gymnasium", default=gym.__version__, help="... run with this gymnasium version")
+    parser.add_argument("--gymnasium", default=gym.__version__, help="aggregate the rows run with this gymnasium version")
     parser.add_argument("--out", type=Path, default=report.RESULTS / "ablations.jsonl")
     args = parser.parse_args()
 
     rows = report.read_rows(args.out)
     algo = args.algo
-    versions = (args.version, args.gymnasium)
     runs = {
         run_key(algo, r["env"], r["seed"], r["hyperparams"]): r
-        for r in rows
-        if r["algo"] == algo and (r["environment"]["sb3-attn-ac"], r["environment"]["gymnasium"]) == versions
+        for r in report.ran_under(rows, args.version, args.gymnasium)
+        if r["algo"] == algo
     }
     labelled = []
     for env_id in args.envs:

@@ -143,13 +143,21 @@ def config(entry: dict) -> dict[str, str]:
     return {k: str(v) for k, v in entry.items()}
 
 
-def current(rows: list[dict], version: str, gymnasium: str = gym.__version__) -> list[dict]:
+def ran_under(rows: list[dict], version: str, gymnasium: str = gym.__version__) -> list[dict]:
     """The rows that ran with ``gymnasium`` (the same seed gives another run under another gymnasium), of our
-    algorithms only those that ``version`` of the package ran; of several runs of one (algorithm, env, seed), the
+    algorithms only those that ``version`` of the package ran."""
+    return [
+        r
+        for r in rows
+        if r["environment"]["gymnasium"] == gymnasium
+        and (r["algo"] not in zoo.ALGOS or r["environment"]["sb3-attn-ac"] == version)
+    ]
+
+
+def current(rows: list[dict], version: str, gymnasium: str = gym.__version__) -> list[dict]:
+    """The rows :func:`ran_under` ``version`` and ``gymnasium``; of several runs of one (algorithm, env, seed), the
     last (a run with a changed hyperparameter entry supersedes the older one)."""
-    rows = [r for r in rows if r["environment"]["gymnasium"] == gymnasium]
-    rows = [r for r in rows if r["algo"] not in zoo.ALGOS or r["environment"]["sb3-attn-ac"] == version]
-    return list({(r["algo"], r["env"], r["seed"]): r for r in rows}.values())
+    return list({(r["algo"], r["env"], r["seed"]): r for r in ran_under(rows, version, gymnasium)}.values())
 
 
 def aggregate(rows: list[dict], out_dir: Path, prefix: str = "report", decimals: int = 0) -> str:

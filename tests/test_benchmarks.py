@@ -23,11 +23,15 @@ def test_report_aggregate_is_reproducible_iqm_with_plots(tmp_path) -> None:
     finals = [13.0, 57.0, 230.0, 251.0, 310.0, 388.0, 470.0, 612.0, 804.0, 1000.0]  # IQM: mean of the middle 6, 377
 
     def row(
-        algo: str, seed: int, timesteps: list[int], eval_mean: list[float], version: str = __version__, gym_version: str = ""
+        algo: str,
+        seed: int,
+        timesteps: list[int],
+        eval_mean: list[float],
+        version: str = __version__,
+        gym_version: str = gym.__version__,
     ) -> dict:
         return {"algo": algo, "env": "CartPoleNoVel-v1", "seed": seed, "budget": 1000, "timesteps": timesteps,
-                "eval_mean": eval_mean,
-                "environment": {"sb3-attn-ac": version, "gymnasium": gym_version or gym.__version__}}  # fmt: skip
+                "eval_mean": eval_mean, "environment": {"sb3-attn-ac": version, "gymnasium": gym_version}}  # fmt: skip
 
     rows = [row("ppo_attn", seed, [500, 1000], [0.0, final]) for seed, final in enumerate(finals)]
     rows.append(row("ppo", 0, [1000], [7.0], version="0.0.1"))  # evaluated at the end only: a bar, no curve
