@@ -6,7 +6,9 @@ Hyperparameters: ours from ``hyperparams/``, the baselines' from rl-zoo3's own f
 ``ppo_lstm`` = RecurrentPPO). A baseline without an entry for a NoVel env uses its entry for the fully observed
 env with observation normalisation (A2C and PPO have no NoVel entries); one without an entry for a fully
 observed env uses its NoVel entry if any (RecurrentPPO on CartPole-v1: its tuned CartPoleNoVel-v1 settings),
-else rl-zoo3's ``default``.
+else rl-zoo3's ``default``. An env version without an entry takes the newest older version's (RecurrentPPO on
+LunarLanderNoVel-v3: its tuned LunarLanderNoVel-v2 entry). ``--budget`` trains every run for that many timesteps
+instead of its entry's ``n_timesteps`` (a budget the machine affords: rows record it).
 Runs are resumable: every finished (algo, env, seed) is one JSON line in ``--out`` and is skipped next time while
 its hyperparameter entry is unchanged; rows count only for the gymnasium version that ran them, and our algorithms'
 only for the package version that ran them (``--gymnasium`` / ``--version`` show older ones).
@@ -53,9 +55,12 @@ def hyperparams(algo: str, env_id: str) -> dict:
     entries = yaml.load((directory / f"{algo}.yml").read_text(), Loader=yaml.UnsafeLoader)  # rl-zoo3's own format
     if env_id in entries:
         return dict(entries[env_id])
+    name, version = env_id.rsplit("-v", 1)
+    older = next((f"{name}-v{v}" for v in range(int(version) - 1, -1, -1) if f"{name}-v{v}" in entries), None)
+    if older is not None:
+        return dict(entries[older])
     if "NoVel" in env_id and env_id.replace("NoVel", "") in entries:
         return {**entries[env_id.replace("NoVel", "")], "normalize": True}
-    name, version = env_id.split("-v")
     if f"{name}NoVel-v{version}" in entries:  # RecurrentPPO's only CartPole entry is its tuned NoVel one
         return dict(entries[f"{name}NoVel-v{version}"])
     return dict(entries["default"])
@@ -216,6 +221,7 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=["a2c_attn", "ppo_attn", "a2c", "ppo", "ppo_lstm"])
     parser.add_argument("--envs", nargs="+", default=["CartPole-v1", "CartPoleNoVel-v1", "PendulumNoVel-v1"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--budget", type=float, help="timesteps per run instead of the entries' n_timesteps")
     parser.add_argument("--logs", type=Path, default=Path("logs/report"))
     parser.add_argument("--aggregate-only", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "report.jsonl")
@@ -232,6 +238,8 @@ def main() -> None:
             for algo in args.algos:
                 for seed in args.seeds:
                     entry = hyperparams(algo, env_id)
+                    if args.budget:
+                        entry["n_timesteps"] = args.budget
                     if (algo, env_id, seed, json.dumps(config(entry), sort_keys=True)) in done:
                         continue
                     row = train(algo, env_id, seed, args.logs, entry)

@@ -56,3 +56,15 @@ def test_report_aggregate_is_reproducible_iqm_with_plots(tmp_path) -> None:
     assert 13 <= low < 377 < high <= 1000
     assert "| CartPoleNoVel-v1 | PPO | 1 | 1e+03 | 7 [7, 7] | 7 | - | - |" in lines
     assert (tmp_path / "report_CartPoleNoVel-v1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_entry_lookup_falls_back_to_the_older_env_version_and_the_full_observation_entry() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import report
+
+    # rl-zoo3 tuned RecurrentPPO on LunarLanderNoVel-v2 only; v3 takes it (LSTM of 64 units, 32 envs).
+    lstm = report.hyperparams("ppo_lstm", "LunarLanderNoVel-v3")
+    assert lstm["n_envs"] == 32 and "lstm_hidden_size=64" in lstm["policy_kwargs"]
+    # PPO has no NoVel entry: its LunarLander-v3 one, with observation normalisation.
+    assert report.hyperparams("ppo", "LunarLanderNoVel-v3") == {**report.hyperparams("ppo", "LunarLander-v3"), "normalize": True}
+    assert report.hyperparams("ppo_attn", "LunarLanderNoVel-v3")["actor_context"] is True  # our own entry
