@@ -12,7 +12,8 @@ flipped from the entry's); PPO's update size (``target_kl=0.02``, half or twice 
 learning rate), an entropy bonus (``ent_coef=0.01``) and advantages left unnormalised
 (``normalize_advantage=False``); the contrastive loss off (``ct_coef=0``); a context-free critic and actor
 (``context_len=1``) or a short window (``context_len=4``); the last two observations stacked in each token
-(``frame_stack=2``); a deeper or wider transformer (``n_layers=2``, ``d_model=64``); the issue-6 options: Q_att
+(``frame_stack=2``); a deeper or wider transformer (``n_layers=2``, ``d_model=64``); a second hidden layer in the
+actor's MLP (``pi=[64, 64]`` where the entry has RecurrentPPO's ``pi=[64]``); the issue-6 options: Q_att
 action preferences (``q_att_coef=1``, Discrete actions only), the masked next-state and reward-to-go heads
 (``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts (``n_episodes=n_envs``).
 Resumable: every finished run is a JSON line in ``--out`` with its hyperparameters, package version and commit; a
@@ -51,11 +52,17 @@ def constructor_defaults(algo: str) -> Mapping[str, inspect.Parameter]:
 
 
 def run_key(algo: str, env_id: str, seed: int, hyperparams: dict[str, str]) -> tuple[str, int, str]:
-    """What identifies a run: env, seed and the hyperparameters as rows record them, less those set to the
-    algorithm's own default (an entry that spells out a default trains exactly as one that leaves it out)."""
+    """What identifies a run: env, seed and the hyperparameters as rows record them (:func:`canonical`), less those set
+    to the algorithm's own default (an entry that spells out a default trains exactly as one that leaves it out)."""
     defaults = constructor_defaults(algo)
-    kept = {k: v for k, v in hyperparams.items() if k not in defaults or str(defaults[k].default) != v}
+    kept = {k: canonical(v) for k, v in hyperparams.items() if k not in defaults or str(defaults[k].default) != v}
     return env_id, seed, json.dumps(kept, sort_keys=True)
+
+
+def canonical(value: str) -> str:
+    """One spelling of a recorded hyperparameter: rl-zoo3's linear schedule ``lin_<initial value>`` with the value as
+    Python writes the float (``lin_7e-4`` and ``lin_0.0007`` are one schedule)."""
+    return f"lin_{float(value[4:])}" if value.startswith("lin_") else value
 
 
 def doubled(learning_rate: float | str) -> float | str:
@@ -92,6 +99,13 @@ def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict
         # Capacity: PendulumNoVel's velocity is a product of consecutive steps' (cos, sin), not a difference.
         "n_layers=2": dict(n_layers=2),
         "d_model=64": dict(d_model=64),
+        # The actor's capacity: RecurrentPPO's actor reads an LSTM of 256 units, ours the step's features and the
+        # d_model-wide transformer output through one hidden layer.
+        "actor net_arch pi=[64, 64]": dict(
+            policy_kwargs=entry["policy_kwargs"].replace("pi=[64]", "pi=[64, 64]")
+            if "pi=[64]" in entry.get("policy_kwargs", "")
+            else None
+        ),
         "next_state_coef=rtg_coef=0.1": dict(next_state_coef=0.1, rtg_coef=0.1),
         "n_episodes=n_envs": dict(n_episodes=int(entry["n_envs"])),
     }

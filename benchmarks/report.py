@@ -167,12 +167,13 @@ def current(rows: list[dict], version: str, gymnasium: str = gym.__version__) ->
 
 def aggregate(rows: list[dict], out_dir: Path, prefix: str = "report", decimals: int = 0) -> str:
     """IQM and 95% stratified bootstrap CIs per env and algorithm; writes one PNG per env (``prefix_<env>.png``);
-    returns a markdown table (with each seed's first evaluation at the env's :data:`REACH` level, and how many
-    seeds' curves :func:`holds`), returns written with ``decimals`` decimals (POPGym's lie in [-1, 1])."""
+    returns a markdown table (with each seed's first evaluation at the env's :data:`REACH` level, how many
+    seeds' curves :func:`holds`, and the mean wall time of a run: training and evaluations), returns written with
+    ``decimals`` decimals (POPGym's lie in [-1, 1])."""
     lines = [
         "| env | algorithm | seeds | budget | final IQM [95% CI] | final mean per seed | first >= REACH, per seed "
-        "| seeds holding |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| seeds holding | wall time per run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for env_id in dict.fromkeys(r["env"] for r in rows):
         env_rows = [r for r in rows if r["env"] == env_id]
@@ -199,9 +200,11 @@ def aggregate(rows: list[dict], out_dir: Path, prefix: str = "report", decimals:
                     first_reach(r["timesteps"], r["eval_mean"], REACH[env_id]) for r in runs
                 )
             held = f"{sum(holds(r['eval_mean'][:n]) for r in runs)}/{len(runs)}" if n > 1 else "-"
+            walls = [r["wall_s"] for r in runs if "wall_s" in r]
+            wall = f"{np.mean(walls):.0f} s" if walls else "-"
             lines.append(f"| {env_id} | {NAMES.get(algo, algo)} | {len(runs)} | {runs[0]['budget']:.0e} "
                          f"| {fp[0]:.{decimals}f} [{fi[0, 0]:.{decimals}f}, {fi[1, 0]:.{decimals}f}] | {per_seed} "
-                         f"| {reach} | {held} |")  # fmt: skip
+                         f"| {reach} | {held} | {wall} |")  # fmt: skip
         curves.set_xlabel("timesteps")
         curves.set_ylabel("evaluation return (IQM over seeds, 95% CI)")
         curves.set_title(env_id)

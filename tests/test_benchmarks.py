@@ -39,6 +39,7 @@ def test_report_aggregate_is_reproducible_iqm_with_plots(tmp_path) -> None:
     rows.append(row("ppo", 1, [1000], [9.0], gym_version="0.0.1"))  # run under another gymnasium: left out
     rows.append(row("a2c_attn", 0, [250, 500, 750, 1000], [480.0, 500.0, 500.0, 400.0]))  # reaches 475, then drops
     rows.append(row("a2c_attn", 1, [250, 500, 750, 1000], [100.0, 200.0, 460.0, 470.0]))  # never reaches, holds
+    rows[-2]["wall_s"], rows[-1]["wall_s"] = 10.2, 19.6  # their mean wall time: 15 s
     out = tmp_path / "rows.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -48,13 +49,13 @@ def test_report_aggregate_is_reproducible_iqm_with_plots(tmp_path) -> None:
     attn = next(line for line in lines if "| AttnPPO |" in line)
     assert attn.startswith("| CartPoleNoVel-v1 | AttnPPO | 10 | 1e+03 | 377 [")
     assert attn.endswith(
-        "| 13, 57, 230, 251, 310, 388, 470, 612, 804, 1000 | 475: -, -, -, -, -, -, -, 1e+03, 1e+03, 1e+03 | 10/10 |"
+        "| 13, 57, 230, 251, 310, 388, 470, 612, 804, 1000 | 475: -, -, -, -, -, -, -, 1e+03, 1e+03, 1e+03 | 10/10 | - |"
     )
     a2c = next(line for line in lines if "| AttnA2C |" in line)
-    assert a2c.endswith("| 400, 470 | 475: 2e+02, - | 1/2 |")
+    assert a2c.endswith("| 400, 470 | 475: 2e+02, - | 1/2 | 15 s |")
     low, high = (float(x) for x in attn.split("[")[1].split("]")[0].split(", "))
     assert 13 <= low < 377 < high <= 1000
-    assert "| CartPoleNoVel-v1 | PPO | 1 | 1e+03 | 7 [7, 7] | 7 | - | - |" in lines
+    assert "| CartPoleNoVel-v1 | PPO | 1 | 1e+03 | 7 [7, 7] | 7 | - | - | - |" in lines
     assert (tmp_path / "report_CartPoleNoVel-v1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
