@@ -70,3 +70,18 @@ def test_report_entry_lookup_falls_back_to_the_older_env_version_and_the_full_ob
     full = report.hyperparams("ppo", "LunarLander-v3")
     assert report.hyperparams("ppo", "LunarLanderNoVel-v3") == {**full, "normalize": True}
     assert report.hyperparams("ppo_attn", "LunarLanderNoVel-v3")["actor_context"] is True  # our own entry
+
+
+def test_training_curves_bin_the_monitor_episodes_by_budget_and_tell_a_collapse(tmp_path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import training_curves
+
+    # Two envs' Monitor files (header line, then r, l, t): 100 steps in all, episodes of 10 steps.
+    returns = [10, 10, 30, 30, 50, 50, 50, 50, 5, 5]  # the last two end in the last fifth: a collapse
+    for env in range(2):
+        lines = ['#{"t_start": 0.0, "env_id": "X"}', "r,l,t"]
+        lines += [f"{r},10,{2 * i + env}" for i, r in enumerate(returns) if i % 2 == env]
+        (tmp_path / f"{env}.monitor.csv").write_text("\n".join(lines) + "\n")
+    curve = training_curves.training_curve(tmp_path, budget=100, points=5)
+    assert curve == [10.0, 30.0, 50.0, 50.0, 5.0]
+    assert not training_curves.report.holds(curve) and training_curves.report.holds(curve[:4])
