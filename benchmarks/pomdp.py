@@ -64,10 +64,13 @@ ZOO = {
     ),
 }
 # Our arguments on top of the shared ones: the package defaults with actor context, and what hyperparams/ppo_attn.yml
-# adds (README "Ablations"): the previous action in the token on CartPoleNoVel-v1 (0.3), the learning-rate annealing
-# on PendulumNoVel-v1.
-ATTN = dict(actor_context=True)
-ATTN_OVERRIDES = {"CartPoleNoVel-v1": dict(prev_action=True), "PendulumNoVel-v1": dict(learning_rate=linear_schedule(1e-3))}
+# adds (README "Ablations"): the previous action in the token (0.3), on CartPoleNoVel-v1 advantages left unnormalised
+# (0.3), on PendulumNoVel-v1 the learning-rate annealing.
+ATTN = dict(actor_context=True, prev_action=True)
+ATTN_OVERRIDES = {
+    "CartPoleNoVel-v1": dict(normalize_advantage=False),
+    "PendulumNoVel-v1": dict(learning_rate=linear_schedule(1e-3)),
+}
 LSTM = dict(lstm_hidden_size=64, enable_critic_lstm=True)
 
 
