@@ -7,20 +7,19 @@ variant is the entry unchanged, run in the same script with the same seeds.
 Variants: the position encoding of sb3-attn-ac 0.1 (``position_encoding=absolute``: a sinusoidal embedding of the
 episode step instead of per-head offset biases and a start embedding); RecurrentPPO's tuned learning rate ("constant
 learning rate": 3e-4 on CartPoleNoVel, 1e-3 on PendulumNoVel, where the entries now anneal ``lin_1e-3``); an actor
-transformer of its own (``shared_transformer=False``); the previous action in every token or not (``prev_action``,
-flipped from the entry's); PPO's update size (``target_kl=0.02``, half or twice the entry's ``n_epochs``, twice its
-learning rate), an entropy bonus (``ent_coef=0.01``) and advantages left unnormalised
+transformer of its own or the critic's and the previous action in every token or not (``shared_transformer``,
+``prev_action``, each flipped from the entry's); PPO's update size (``target_kl=0.02``, half or twice the entry's
+``n_epochs``, twice its learning rate), an entropy bonus (``ent_coef=0.01``) and advantages left unnormalised
 (``normalize_advantage=False``); the contrastive loss off (``ct_coef=0``); a context-free critic and actor
 (``context_len=1``) or a short window (``context_len=4``); the last two observations stacked in each token
 (``frame_stack=2``); a deeper or wider transformer (``n_layers=2``, ``d_model=64``); a second hidden layer in the
-actor's MLP (``pi=[64, 64]`` where the entry has RecurrentPPO's ``pi=[64]``); the issue-6 options: Q_att
-action preferences (``q_att_coef=1``, Discrete actions only), the masked next-state and reward-to-go heads
-(``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts (``n_episodes=n_envs``).
-Resumable: every finished run is a JSON line in ``--out`` with its hyperparameters, package version and commit; a
-variant's run is the row of the installed version and gymnasium with the same env, seed and hyperparameters
-(whatever the variant was called when it ran; a hyperparameter set to the algorithm's default counts as left out),
-so a changed entry runs again (``--version`` / ``--gymnasium`` show other versions' rows: the same seed gives
-another run under another gymnasium).
+actor's MLP (``pi=[64, 64]`` where the entry has RecurrentPPO's ``pi=[64]``); the issue-6 options: Q_att action
+preferences (``q_att_coef=1``, Discrete actions only), the masked next-state and reward-to-go heads
+(``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts (``n_episodes=n_envs``). Resumable: every finished run is
+a JSON line in ``--out`` with its hyperparameters, package version and commit; a variant's run is the row of the
+installed version and gymnasium with the same env, seed and hyperparameters (whatever the variant was called when it
+ran; a hyperparameter set to the algorithm's default counts as left out), so a changed entry runs again (``--version`` /
+``--gymnasium`` show other versions' rows: the same seed gives another run under another gymnasium).
 
     python benchmarks/ablations.py --seeds 0 1 2
     python benchmarks/ablations.py --variants default position_encoding=absolute --seeds 100 101 102
@@ -76,10 +75,11 @@ def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict
     actions; PPO's update-size variants only for AttnPPO)."""
     normalize_advantage = str(entry.get("normalize_advantage", algo == "ppo_attn")) == "True"
     learning_rate = entry.get("learning_rate", DEFAULT_LEARNING_RATE[algo])
+    shared = str(entry.get("shared_transformer", True)) == "True"
     out = {
         "default": {},
         "position_encoding=absolute": dict(position_encoding="absolute"),
-        "shared_transformer=False": dict(shared_transformer=False),
+        f"shared_transformer={not shared}": dict(shared_transformer=not shared),
         f"prev_action={not entry.get('prev_action', False)}": dict(prev_action=not entry.get("prev_action", False)),
         "ent_coef=0.01": dict(ent_coef=0.01),
         # Advantages normalised or not: once every episode reaches the time limit the advantages are near zero, and
