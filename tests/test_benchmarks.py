@@ -85,3 +85,26 @@ def test_training_curves_bin_the_monitor_episodes_by_budget_and_tell_a_collapse(
     curve = training_curves.training_curve(tmp_path, budget=100, points=5)
     assert curve == [10.0, 30.0, 50.0, 50.0, 5.0]
     assert not training_curves.report.holds(curve) and training_curves.report.holds(curve[:4])
+
+
+def test_optuna_export_keeps_the_search_space_every_trial_and_the_best_first() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import optimize
+    import optuna
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
+        layers = trial.suggest_categorical("n_layers", [1, 2])
+        if trial.number == 1:
+            raise optuna.TrialPruned()
+        return -abs(x - 1e-3) - layers
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=4)
+    result = optimize.export(study, {"env": "X"})
+    assert result["env"] == "X" and result["n_trials"] == 4
+    assert set(result["search_space"]) == {"learning_rate", "n_layers"}
+    assert [t["state"] for t in result["trials"]].count("PRUNED") == 1
+    values = [t["value"] for t in result["best"]]
+    assert len(values) == 3 and values == sorted(values, reverse=True) and values[0] == study.best_value
+    json.dumps(result)  # JSON-ready
