@@ -58,16 +58,23 @@ def run_key(algo: str, env_id: str, seed: int, hyperparams: dict[str, str]) -> t
     return env_id, seed, json.dumps(kept, sort_keys=True)
 
 
+def linear_start(value: float | str) -> float | None:
+    """The initial value of rl-zoo3's linear schedule ``lin_<initial value>``; None for anything else."""
+    text = str(value)
+    return float(text[4:]) if text.startswith("lin_") else None
+
+
 def canonical(value: str) -> str:
-    """One spelling of a recorded hyperparameter: rl-zoo3's linear schedule ``lin_<initial value>`` with the value as
-    Python writes the float (``lin_7e-4`` and ``lin_0.0007`` are one schedule)."""
-    return f"lin_{float(value[4:])}" if value.startswith("lin_") else value
+    """One spelling of a recorded hyperparameter: rl-zoo3's linear schedule with the value as Python writes the float
+    (``lin_7e-4`` and ``lin_0.0007`` are one schedule)."""
+    start = linear_start(value)
+    return value if start is None else f"lin_{start}"
 
 
 def doubled(learning_rate: float | str) -> float | str:
-    """Twice a learning rate of an entry, constant or rl-zoo3's linear schedule (``lin_<initial value>``)."""
-    text = str(learning_rate)
-    return f"lin_{2 * float(text[4:])}" if text.startswith("lin_") else 2 * float(text)
+    """Twice a learning rate of an entry, constant or rl-zoo3's linear schedule."""
+    start = linear_start(learning_rate)
+    return 2 * float(learning_rate) if start is None else f"lin_{2 * start}"
 
 
 def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict]:
@@ -87,7 +94,7 @@ def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict
         f"normalize_advantage={not normalize_advantage}": dict(normalize_advantage=not normalize_advantage),
         # A constant learning rate annealed linearly to 0 over the budget (rl-zoo3's lin_ schedule):
         "annealed learning rate": dict(
-            learning_rate=None if str(learning_rate).startswith("lin_") else f"lin_{learning_rate}"
+            learning_rate=None if linear_start(learning_rate) is not None else f"lin_{learning_rate}"
         ),
         "learning rate doubled": dict(learning_rate=doubled(learning_rate)),
         "ct_coef=0": dict(ct_coef=0.0),

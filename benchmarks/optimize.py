@@ -64,28 +64,31 @@ def main() -> None:
     name = f"{args.algo}_{args.env}"
     storage = args.storage or args.logs / f"{name}.log"
     storage.parent.mkdir(parents=True, exist_ok=True)
-    budget = int(args.budget or float(report.hyperparams(args.algo, args.env)["n_timesteps"]))
+    entry = report.hyperparams(args.algo, args.env)
+    budget = int(args.budget or float(entry["n_timesteps"]))
 
     start = time.perf_counter()
-    workers = []
+    workers, logs = [], []
     for seed in args.seeds:
         command = [sys.executable, "-m", "sb3_attn_ac.zoo", "train", "--algo", args.algo, "--env", args.env,
                    "-optimize", "--n-trials", str(args.trials_per_worker), "--storage", str(storage), "--study-name",
                    name, "--seed", str(seed), "-n", str(budget), "--n-evaluations", str(args.evaluations),
                    "--eval-episodes", str(args.eval_episodes), "-f", str(args.logs / f"seed{seed}"),
                    "--verbose", "0"]  # fmt: skip
-        log = (args.logs / f"{name}_seed{seed}.out").open("w")
-        workers.append(subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=log))
-    for worker in workers:
-        if worker.wait() != 0:
+        logs.append((args.logs / f"{name}_seed{seed}.out").open("w"))
+        workers.append(subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=logs[-1], stderr=logs[-1]))
+    for worker, log in zip(workers, logs, strict=True):
+        worker.wait()
+        log.close()
+        if worker.returncode != 0:
             raise SystemExit(f"a worker failed (exit {worker.returncode}); see {args.logs}/{name}_seed*.out")
     wall = time.perf_counter() - start
 
     backend = optuna.storages.journal.JournalFileBackend(str(storage))
     study = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(backend))
     meta = {"algo": args.algo, "env": args.env, "seeds": args.seeds, "workers": len(args.seeds), "budget": budget,
-            "evaluations": args.evaluations, "eval_episodes": args.eval_episodes, "entry": report.config(
-                report.hyperparams(args.algo, args.env)), "wall_s_last_session": wall,
+            "evaluations": args.evaluations, "eval_episodes": args.eval_episodes, "entry": report.config(entry),
+            "wall_s_last_session": wall,
             "environment": common.environment()}  # fmt: skip
     result = export(study, meta)
     out = args.out or report.RESULTS / f"optuna_{name}.json"

@@ -85,7 +85,9 @@ def train(
     start = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
     wall = time.perf_counter() - start
-    run = max((folder / algo).glob(f"{env_id}_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+    run = latest_run(folder, env_id, algo)
+    if run is None:
+        raise FileNotFoundError(f"attn-zoo wrote no run folder {folder}/{algo}/{env_id}_<N>")
     evaluations = np.load(run / "evaluations.npz")
     return {
         "algo": algo,
@@ -99,6 +101,13 @@ def train(
         "hyperparams": config(entry),
         "environment": common.environment(),
     }
+
+
+def latest_run(folder: Path, env_id: str, algo: str = "*") -> Path | None:
+    """The newest of rl-zoo3's run folders ``<folder>/<algo>/<env_id>_<N>`` (highest N; ``algo`` may be a glob
+    pattern), or None if there is none."""
+    runs = folder.glob(f"{algo}/{env_id}_*")
+    return max(runs, key=lambda p: int(p.name.rsplit("_", 1)[1]), default=None)
 
 
 def _estimates(scores: np.ndarray, func: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

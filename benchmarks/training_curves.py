@@ -34,10 +34,10 @@ def main() -> None:
     print("| --- | --- | --- | --- |")
     for variant in sorted(p for p in args.logs.iterdir() if p.is_dir()):
         for seed_dir in sorted(variant.glob("seed*"), key=lambda p: int(p.name[4:])):
-            runs = sorted(seed_dir.glob(f"*/{args.env}_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
-            if not runs:
+            run = report.latest_run(seed_dir, args.env)
+            if run is None:
                 continue
-            curve = training_curve(runs[-1], int(args.budget))
+            curve = training_curve(run, int(args.budget))
             if any(np.isnan(curve)):  # an unfinished run
                 continue
             points = ", ".join(f"{x:.0f}" for x in curve)
