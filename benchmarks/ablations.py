@@ -24,6 +24,11 @@ ran; a hyperparameter set to the algorithm's default counts as left out), so a c
     python benchmarks/ablations.py --seeds 0 1 2
     python benchmarks/ablations.py --variants default position_encoding=absolute --seeds 100 101 102
     python benchmarks/ablations.py --aggregate-only
+    python benchmarks/ablations.py --envs PendulumNoVel-v1 --optuna-trials 11 8 --seeds 102 103 104
+
+``--optuna-trials`` adds, as variants named ``optuna trial <N>``, trials of the study that ``optimize.py`` exported
+(``results/optuna_<algo>_<env>.json``): the trial's hyperparameters as rl-zoo3's ``-optimize`` trained it (its
+sampled values over the entry; the sampler's ``policy_kwargs`` replace the entry's).
 """
 
 import argparse
@@ -38,6 +43,7 @@ import gymnasium as gym
 import report
 import rl_zoo3.import_envs  # noqa: F401  (registers the NoVel envs)
 from gymnasium import spaces
+from rl_zoo3.hyperparams_opt import convert_onpolicy_params
 
 import sb3_attn_ac
 
@@ -131,12 +137,34 @@ def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict
     return {name: overrides for name, overrides in out.items() if None not in overrides.values()}
 
 
+def optuna_variants(study: Path, numbers: list[int]) -> dict[str, dict]:
+    """The hyperparameter overrides of trials ``numbers`` of an exported study, as rl-zoo3's ``-optimize`` set them
+    over the entry (its converter of sampled values; ``policy_kwargs`` written as an entry writes them).
+
+    :param study: JSON file written by ``benchmarks/optimize.py``
+    :param numbers: trial numbers
+    """
+    trials = {t["number"]: t for t in json.loads(study.read_text())["trials"]}
+    missing = sorted(set(numbers) - set(trials))
+    if missing:
+        raise SystemExit(f"--optuna-trials: {missing} not in {study} (trials {min(trials)}-{max(trials)})")
+    out = {}
+    for number in numbers:
+        hyperparams = convert_onpolicy_params(trials[number]["params"])
+        policy_kwargs = hyperparams.pop("policy_kwargs")
+        net_arch, activation = policy_kwargs["net_arch"], policy_kwargs["activation_fn"].__name__
+        hyperparams["policy_kwargs"] = f"dict(net_arch={net_arch}, activation_fn=nn.{activation})"
+        out[f"optuna trial {number}"] = hyperparams
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algo", choices=["ppo_attn", "a2c_attn"], default="ppo_attn")
     parser.add_argument("--envs", nargs="+", default=["CartPoleNoVel-v1", "PendulumNoVel-v1"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", help="run only these variants (default: all)")
+    parser.add_argument("--optuna-trials", type=int, nargs="+", default=[], help="add these trials of the env's study")
     parser.add_argument("--logs", type=Path, default=Path("logs/ablations"))
     parser.add_argument("--aggregate-only", action="store_true")
     parser.add_argument("--version", default=sb3_attn_ac.__version__, help="aggregate the rows of this package version")
@@ -154,8 +182,9 @@ def main() -> None:
     labelled = []
     for env_id in args.envs:
         entry = report.hyperparams(algo, env_id)
-        for name, overrides in variants(entry, env_id, algo).items():
-            if args.variants and name not in args.variants:
+        trials = optuna_variants(report.RESULTS / f"optuna_{algo}_{env_id}.json", args.optuna_trials)
+        for name, overrides in {**variants(entry, env_id, algo), **trials}.items():
+            if args.variants and name not in args.variants and name not in trials:
                 continue
             for seed in args.seeds:
                 hyperparams = {**entry, **overrides}

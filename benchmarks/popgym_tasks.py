@@ -11,6 +11,10 @@ Resumable: every finished (algo, env, seed) is one JSON line in ``--out``.
 
     python benchmarks/popgym_tasks.py --seeds 0 1 2 --budget 2e5
     python benchmarks/popgym_tasks.py --aggregate-only
+    python benchmarks/popgym_tasks.py --algos ppo_attn --attn-args prev_action=True --seeds 100 101 102
+
+``--attn-args`` changes AttnPPO's arguments (a variant to compare on tuning seeds). A run counts for the command's
+entries only if it ran with exactly their hyperparameters (budget and arguments included).
 """
 
 import argparse
@@ -48,12 +52,21 @@ ENTRIES = {
 }
 
 
+def parse_args(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` pairs as entry items (the values as a yml entry writes them)."""
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise SystemExit(f"--attn-args takes KEY=VALUE pairs, got {bad}")
+    return dict(p.split("=", 1) for p in pairs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=TASKS)
     parser.add_argument("--algos", nargs="+", default=list(ENTRIES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budget", type=float, default=2e5, help="timesteps per run")
+    parser.add_argument("--attn-args", nargs="+", default=[], help="AttnPPO arguments over the script's, KEY=VALUE")
     parser.add_argument("--logs", type=Path, default=Path("logs/popgym"))
     parser.add_argument("--aggregate-only", action="store_true")
     parser.add_argument("--version", default=sb3_attn_ac.__version__, help="aggregate our algorithms' rows of this version")
@@ -61,21 +74,28 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=report.RESULTS / "popgym.jsonl")
     args = parser.parse_args()
 
-    rows = report.read_rows(args.out)
-    rows = report.current(rows, args.version, args.gymnasium)
+    attn_args = parse_args(args.attn_args)
+    entries = {algo: {**SHARED, **ENTRIES[algo], "n_timesteps": args.budget} for algo in args.algos}
+    if "ppo_attn" in entries:
+        entries["ppo_attn"].update(attn_args)
+    # A run belongs to these entries if it ran with exactly their hyperparameters (a changed entry runs again).
+    rows = report.ran_under(report.read_rows(args.out), args.version, args.gymnasium)
+    rows = [r for r in rows if r["algo"] in entries and r["hyperparams"] == report.config(entries[r["algo"]])]
     if not args.aggregate_only:
         done = {(r["algo"], r["env"], r["seed"]) for r in rows}
         for task in args.tasks:
             env_id = f"popgym-{task}-v0"
-            for algo in args.algos:
-                entry = {**SHARED, **ENTRIES[algo], "n_timesteps": args.budget}
+            for algo, entry in entries.items():
                 for seed in args.seeds:
                     if (algo, env_id, seed) in done:
                         continue
                     row = report.train(algo, env_id, seed, args.logs, entry, gym_packages=("popgym",))
                     rows.append(row)
                     report.record_run(args.out, row, f"{algo} {env_id} seed {seed}", decimals=2)
-    print(report.aggregate(rows, args.out.parent, prefix="popgym", decimals=2))
+    label = " ".join(args.attn_args)
+    rows = [{**r, "algo": f"AttnPPO {label}"} if r["algo"] == "ppo_attn" and label else r for r in rows]
+    rows = [r for r in rows if r["seed"] in args.seeds and r["env"] in {f"popgym-{t}-v0" for t in args.tasks}]
+    print(report.aggregate(rows, args.out.parent, prefix=args.out.stem, decimals=2))
 
 
 if __name__ == "__main__":

@@ -108,3 +108,51 @@ def test_optuna_export_keeps_the_search_space_every_trial_and_the_best_first() -
     values = [t["value"] for t in result["best"]]
     assert len(values) == 3 and values == sorted(values, reverse=True) and values[0] == study.best_value
     json.dumps(result)  # JSON-ready
+
+
+def test_ablation_variant_of_an_optuna_trial_is_what_rl_zoo3_trained(tmp_path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ablations
+    import pytest
+
+    params = {"batch_size_pow": 7, "n_steps_pow": 8, "one_minus_gamma": 0.02, "one_minus_gae_lambda": 0.05,
+              "learning_rate": 1e-4, "net_arch": "tiny", "activation_fn": "tanh", "context_len": 8}  # fmt: skip
+    study = tmp_path / "study.json"
+    study.write_text(json.dumps({"trials": [{"number": 3, "params": params}]}))
+    (name, overrides), *_ = ablations.optuna_variants(study, [3]).items()
+    assert name == "optuna trial 3"
+    policy_kwargs = "dict(net_arch={'pi': [64], 'vf': [64]}, activation_fn=nn.Tanh)"  # as rl-zoo3's "tiny", "tanh"
+    assert overrides == {"batch_size": 128, "n_steps": 256, "gamma": 0.98, "gae_lambda": 0.95, "learning_rate": 1e-4,
+                         "context_len": 8, "policy_kwargs": policy_kwargs}  # fmt: skip
+    with pytest.raises(SystemExit, match="--optuna-trials: \\[4\\] not in"):
+        ablations.optuna_variants(study, [3, 4])
+
+
+def test_popgym_runs_count_only_for_the_entries_they_ran_with(tmp_path) -> None:
+    def row(algo: str, seed: int, final: float, **attn: str) -> dict:
+        shared = {"n_envs": 8, "n_steps": 128, "batch_size": 256, "n_epochs": 4, "learning_rate": 0.0003, "gamma": 0.99,
+                  "gae_lambda": 0.95, "env_wrapper": "gymnasium.wrappers.FlattenObservation"}  # fmt: skip
+        entry = {"policy": "MlpPolicy", "policy_kwargs": "dict(net_arch=dict(pi=[64], vf=[64]))"}
+        if algo == "ppo_attn":
+            entry["actor_context"] = True
+        hyperparams = {k: str(v) for k, v in {**shared, **entry, "n_timesteps": 1000.0, **attn}.items()}
+        return {"algo": algo, "env": "popgym-RepeatFirstEasy-v0", "seed": seed, "budget": 1000, "timesteps": [1000],
+                "eval_mean": [final], "wall_s": 1.0, "hyperparams": hyperparams,
+                "environment": {"sb3-attn-ac": __version__, "gymnasium": gym.__version__}}  # fmt: skip
+
+    out = tmp_path / "popgym_rows.jsonl"
+    rows = [row("ppo_attn", s, 0.1 * s) for s in range(3)] + [row("ppo_attn", s, 0.9, prev_action="True") for s in range(3)]
+    rows.append(
+        {**row("ppo", 0, -0.5), "budget": 2000, "hyperparams": {**row("ppo", 0, -0.5)["hyperparams"], "n_timesteps": "2000.0"}}
+    )
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "popgym_tasks.py"), "--aggregate-only", "--budget", "1e3",
+           "--tasks", "RepeatFirstEasy", "--out", str(out)]  # fmt: skip
+    default = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert default.returncode == 0, default.stderr[-2000:]
+    lines = [line for line in default.stdout.splitlines() if "RepeatFirst" in line]
+    assert len(lines) == 1 and "| AttnPPO | 3 |" in lines[0] and "0.00, 0.10, 0.20" in lines[0]  # PPO ran 2e3 steps
+    variant = subprocess.run([*cmd, "--attn-args", "prev_action=True"], capture_output=True, text=True, timeout=300)
+    lines = [line for line in variant.stdout.splitlines() if "RepeatFirst" in line]
+    assert len(lines) == 1 and "| AttnPPO prev_action=True | 3 |" in lines[0] and "0.90, 0.90, 0.90" in lines[0]
+    assert (tmp_path / "popgym_rows_popgym-RepeatFirstEasy-v0.png").exists()
