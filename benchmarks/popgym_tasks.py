@@ -43,8 +43,11 @@ SHARED = dict(
     learning_rate=3e-4,
     gamma=0.99,
     gae_lambda=0.95,
-    env_wrapper="gymnasium.wrappers.FlattenObservation",
 )
+FLATTEN = "gymnasium.wrappers.FlattenObservation"
+# What each observation holds (--observations): the env's own, or also POPGym's baselines' previous action and
+# first-step flag (``popgym_wrappers``), then flattened either way.
+WRAPPERS = {"plain": FLATTEN, "popgym": ["popgym_wrappers.PreviousActionAntialias", FLATTEN]}
 ENTRIES = {
     "ppo_attn": dict(policy="MlpPolicy", actor_context=True, policy_kwargs="dict(net_arch=dict(pi=[64], vf=[64]))"),
     "ppo_lstm": dict(policy="MlpLstmPolicy", policy_kwargs="dict(net_arch=dict(pi=[64], vf=[64]))"),
@@ -66,6 +69,9 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=list(ENTRIES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budget", type=float, default=2e5, help="timesteps per run")
+    parser.add_argument("--observations", choices=list(WRAPPERS), default="plain",
+                        help="popgym: every observation also holds the previous action and a first-step flag, as in "
+                        "POPGym's baselines, for every algorithm")  # fmt: skip
     parser.add_argument("--attn-args", nargs="+", default=[], help="AttnPPO arguments over the script's, KEY=VALUE")
     parser.add_argument("--logs", type=Path, default=Path("logs/popgym"))
     parser.add_argument("--aggregate-only", action="store_true")
@@ -75,7 +81,8 @@ def main() -> None:
     args = parser.parse_args()
 
     attn_args = parse_args(args.attn_args)
-    entries = {algo: {**SHARED, **ENTRIES[algo], "n_timesteps": args.budget} for algo in args.algos}
+    wrapper = WRAPPERS[args.observations]
+    entries = {algo: {**SHARED, "env_wrapper": wrapper, **ENTRIES[algo], "n_timesteps": args.budget} for algo in args.algos}
     if "ppo_attn" in entries:
         entries["ppo_attn"].update(attn_args)
     # A run belongs to these entries if it ran with exactly their hyperparameters (a changed entry runs again).

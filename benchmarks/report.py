@@ -83,7 +83,9 @@ def train(
     if gym_packages:
         command += ["--gym-packages", *gym_packages]
     start = time.perf_counter()
-    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    # The benchmarks' folder on the path: entries may name its modules (``popgym_wrappers``) as env wrappers.
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}, capture_output=True)
     wall = time.perf_counter() - start
     run = latest_run(folder, env_id, algo)
     if run is None:

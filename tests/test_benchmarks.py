@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
+import pytest
 
 from sb3_attn_ac import __version__
 
@@ -113,7 +115,6 @@ def test_optuna_export_keeps_the_search_space_every_trial_and_the_best_first() -
 def test_ablation_variant_of_an_optuna_trial_is_what_rl_zoo3_trained(tmp_path) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import ablations
-    import pytest
 
     params = {"batch_size_pow": 7, "n_steps_pow": 8, "one_minus_gamma": 0.02, "one_minus_gae_lambda": 0.05,
               "learning_rate": 1e-4, "net_arch": "tiny", "activation_fn": "tanh", "context_len": 8}  # fmt: skip
@@ -156,3 +157,23 @@ def test_popgym_runs_count_only_for_the_entries_they_ran_with(tmp_path) -> None:
     lines = [line for line in variant.stdout.splitlines() if "RepeatFirst" in line]
     assert len(lines) == 1 and "| AttnPPO prev_action=True | 3 |" in lines[0] and "0.90, 0.90, 0.90" in lines[0]
     assert (tmp_path / "popgym_rows_popgym-RepeatFirstEasy-v0.png").exists()
+
+
+def test_popgym_observations_are_popgyms_baseline_wrappers_on_a_made_env() -> None:
+    pytest.importorskip("popgym")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import popgym  # noqa: F401  (registers the envs)
+    from popgym.wrappers import Antialias, PreviousAction
+    from popgym_wrappers import PreviousActionAntialias
+
+    env_id = "popgym-MineSweeperEasy-v0"
+    ours = PreviousActionAntialias(gym.make(env_id))  # on gym.make's wrappers, as rl-zoo3 wraps
+    theirs = Antialias(PreviousAction(gym.make(env_id).unwrapped))  # POPGym's, on the bare env only
+    assert ours.observation_space == theirs.observation_space
+    (obs, _), (expected, _) = ours.reset(seed=3), theirs.reset(seed=3)
+    assert obs[0] == expected[0] and np.array_equal(obs[1], [0, 0]) and obs[2] == 1  # null action, first step
+    for action in ([1, 2], [3, 0], [1, 2]):
+        obs, reward, *_ = ours.step(np.array(action))
+        expected, expected_reward, *_ = theirs.step(np.array(action))
+        assert obs[0] == expected[0] and reward == expected_reward
+        assert np.array_equal(obs[1], action) and obs[2] == 0
