@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import IdentityEnvBox, IdentityEnvMultiBinary, IdentityEnvMultiDiscrete, SimpleMultiObsEnv
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -294,3 +295,27 @@ def test_predict_state_carries_the_previous_action(tmp_path) -> None:
         a, state_a = model.predict(obs[t], state=state_a, deterministic=True)
         b, state_b = loaded.predict(obs[t], state=state_b, deterministic=True)
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("algo", [AttnPPO, AttnA2C])
+def test_schedules_stop_at_zero_when_the_last_rollout_overshoots_the_budget(algo) -> None:
+    # rl-zoo3's linear schedule, which SB3 evaluates at 1 - num_timesteps / total_timesteps: a budget of 1.5
+    # rollouts runs two, and the second's update would see progress -0.5 (learning rate -5e-4, clip range -0.1).
+    linear = lambda initial: lambda progress: progress * initial  # noqa: E731
+    kwargs = dict(n_steps=16, seed=0, learning_rate=linear(1e-3))
+    if algo is AttnPPO:
+        kwargs.update(batch_size=16, n_epochs=2, clip_range=linear(0.2))
+    model = algo("MlpPolicy", "CartPole-v1", **kwargs)
+
+    class Snapshot(BaseCallback):
+        def _on_rollout_end(self) -> None:  # before each update
+            self.weights = self.model.policy.action_net.weight.detach().clone()
+
+        def _on_step(self) -> bool:
+            return True
+
+    snapshot = Snapshot()
+    model.learn(24, callback=snapshot)
+    assert model._current_progress_remaining == 0.0
+    assert model.policy.optimizer.param_groups[0]["lr"] == 0.0
+    assert th.equal(model.policy.action_net.weight, snapshot.weights)  # the last update leaves the policy as it is

@@ -260,6 +260,16 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         # As A2C and PPO: warn when the MlpPolicy runs on the GPU (SB3 checks the policy's class name).
         super()._maybe_recommend_cpu(mlp_class_name)
 
+    def _update_current_progress_remaining(self, num_timesteps: int, total_timesteps: int) -> None:
+        """SB3's progress remaining (1 at the start, 0 at ``total_timesteps``), never below 0. A budget that is not a
+        multiple of the rollout size makes SB3's last rollout overshoot it; the schedules (learning rate, clip
+        range) would then be evaluated past their end, and rl-zoo3's ``lin_`` schedules turn negative there: the
+        last update of e.g. PendulumNoVel's entry (1e5 steps in rollouts of 4,096) would ascend the loss with
+        learning rate -2.4e-5 and invert the clip range, which left the saved model at about -900 where the
+        evaluation at 1e5 steps had it at about -200."""
+        super()._update_current_progress_remaining(num_timesteps, total_timesteps)
+        self._current_progress_remaining = max(0.0, self._current_progress_remaining)
+
     def _optimizer_defaults(self) -> dict[str, Any]:
         """Optimizer arguments the algorithm gives the policy unless ``policy_kwargs`` sets them (as A2C's RMSprop)."""
         return {}
