@@ -3,7 +3,9 @@ LSTM) and PPO, trained through rl-zoo3 (``attn-zoo train --gym-packages popgym``
 with the same PPO settings for all three: 8 envs, n_steps 128, batch 256, 4 epochs, learning rate 3e-4, gamma
 0.99, GAE lambda 0.95, net_arch pi=[64], vf=[64]. RecurrentPPO keeps its policy's defaults otherwise (an LSTM of
 256 units, a separate critic LSTM); AttnPPO keeps the package defaults. Tuple observations (Autoencode) are
-flattened (``gymnasium.wrappers.FlattenObservation``; Discrete ones are one-hot either way).
+flattened (``gymnasium.wrappers.FlattenObservation``; Discrete ones are one-hot either way). With
+``--observations popgym`` every algorithm's observations also hold the previous action and a first-step flag, as
+POPGym's own baselines train (``popgym_wrappers.PreviousActionAntialias``).
 
 Evaluation: 10 deterministic episodes every 10% of the budget; POPGym's returns lie in [-1, 1]. Aggregation (IQM
 with stratified bootstrap 95% CIs, curves, per-seed finals, wall time) as ``report.py``.
