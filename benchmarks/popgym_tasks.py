@@ -21,10 +21,12 @@ entries only if it ran with exactly their hyperparameters (budget and arguments 
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import common  # one torch thread; must come first  # noqa: F401
 import gymnasium as gym
 import report
+import yaml
 
 import sb3_attn_ac
 
@@ -57,12 +59,13 @@ ENTRIES = {
 }
 
 
-def parse_args(pairs: list[str]) -> dict[str, str]:
-    """``KEY=VALUE`` pairs as entry items (the values as a yml entry writes them)."""
+def parse_args(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as entry items, each value read as a yml entry reads it (``64`` an int, ``True`` a
+    bool)."""
     bad = [p for p in pairs if "=" not in p]
     if bad:
         raise SystemExit(f"--attn-args takes KEY=VALUE pairs, got {bad}")
-    return dict(p.split("=", 1) for p in pairs)
+    return {key: yaml.safe_load(value) for key, value in (p.split("=", 1) for p in pairs)}
 
 
 def main() -> None:

@@ -100,6 +100,7 @@ def test_attention_arguments_have_attn_ppos_names_and_defaults() -> None:
         dict(next_state_coef=-1.0),
         dict(rtg_coef=-1.0),
         dict(q_att_loss_coef=-1.0),
+        dict(actor_context="True"),
     ],
 )
 def test_bad_arguments_raise_attn_ppos_errors(kwargs) -> None:

@@ -1,5 +1,7 @@
 """Losses, masking and argument checks shared by the attention algorithms."""
 
+from typing import Any
+
 import numpy as np
 import torch as th
 from gymnasium import spaces
@@ -127,6 +129,17 @@ def check_attention_args(
         raise ValueError(f"key_momentum must be in [0, 1), got {key_momentum!r}")
     if position_encoding not in POSITION_ENCODINGS:
         raise ValueError(f"position_encoding must be one of {POSITION_ENCODINGS}, got {position_encoding!r}")
+
+
+def check_flags(**flags: Any) -> None:
+    """Raise a ValueError naming the argument for an on/off argument that is not a bool (a string such as
+    ``"False"`` from a config file would otherwise count as on).
+
+    :param flags: argument name -> value
+    """
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
 def check_contrastive_args(ct_coef: float, ct_temperature: float, mask_ratio: float) -> None:

@@ -8,6 +8,7 @@ from sb3_attn_ac.common.attention.on_policy import POLICY_ARGS
 from sb3_attn_ac.common.utils import (
     check_attention_args,
     check_contrastive_args,
+    check_flags,
     check_loss_coefs,
     check_policy_kwargs,
     check_q_att,
@@ -39,6 +40,7 @@ def check_attention_config(args: dict[str, Any]) -> None:
         args["key_momentum"],
         args["position_encoding"],
     )
+    check_flags(**{name: args[name] for name in ("bert_masking", "actor_context", "shared_transformer", "prev_action")})
     check_contrastive_args(args["ct_coef"], args["ct_temperature"], args["mask_ratio"])
     check_loss_coefs(args["q_att_loss_coef"], args["next_state_coef"], args["rtg_coef"])
     check_policy_kwargs(args["policy_kwargs"], POLICY_ARGS, "attn_ppo_config")

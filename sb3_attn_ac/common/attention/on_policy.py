@@ -29,6 +29,7 @@ from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, MaskedPass
 from sb3_attn_ac.common.utils import (
     check_attention_args,
     check_contrastive_args,
+    check_flags,
     check_loss_coefs,
     check_n_steps,
     check_policy_kwargs,
@@ -125,6 +126,12 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         prev_action: bool,
     ) -> None:
         check_rollout_args(n_episodes, max_rollout_steps)
+        check_flags(
+            bert_masking=bert_masking,
+            actor_context=actor_context,
+            shared_transformer=shared_transformer,
+            prev_action=prev_action,
+        )
         check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum, position_encoding)
         check_contrastive_args(ct_coef, ct_temperature, mask_ratio)
         check_loss_coefs(q_att_loss_coef, next_state_coef, rtg_coef)

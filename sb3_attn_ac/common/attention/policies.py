@@ -35,6 +35,7 @@ from sb3_attn_ac.common.torch_layers import (
 )
 from sb3_attn_ac.common.utils import (
     check_attention_args,
+    check_flags,
     check_q_att,
     check_spaces,
     masked_contrastive_loss,
@@ -150,6 +151,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         prev_action: bool = False,
     ) -> None:
         check_spaces(observation_space, action_space)
+        check_flags(actor_context=actor_context, shared_transformer=shared_transformer, prev_action=prev_action)
         check_q_att(q_att_coef, action_space, actor_context and not shared_transformer)
         check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum, position_encoding)
         # Set before super().__init__(), whose _build() creates the transformer.
