@@ -15,6 +15,7 @@ Resumable: every finished (algo, env, seed) is one JSON line in ``--out``.
     python benchmarks/popgym_tasks.py --aggregate-only
     python benchmarks/popgym_tasks.py --algos ppo_attn --attn-args prev_action=True --seeds 100 101 102
 
+Plots: ``<out name>_<env>.png`` (``<out name>_popgym_observations_<env>.png`` with ``--observations popgym``).
 ``--attn-args`` changes AttnPPO's arguments (a variant to compare on tuning seeds). A run counts for the command's
 entries only if it ran with exactly their hyperparameters (budget and arguments included).
 """
@@ -107,7 +108,8 @@ def main() -> None:
     label = " ".join(args.attn_args)
     rows = [{**r, "algo": f"AttnPPO {label}"} if r["algo"] == "ppo_attn" and label else r for r in rows]
     rows = [r for r in rows if r["seed"] in args.seeds and r["env"] in {f"popgym-{t}-v0" for t in args.tasks}]
-    print(report.aggregate(rows, args.out.parent, prefix=args.out.stem, decimals=2))
+    prefix = args.out.stem if args.observations == "plain" else f"{args.out.stem}_{args.observations}_observations"
+    print(report.aggregate(rows, args.out.parent, prefix=prefix, decimals=2))
 
 
 if __name__ == "__main__":
