@@ -151,7 +151,9 @@ def test_unsupported_spaces_fail_before_ray_starts() -> None:
 # The module and the learner, without Ray
 def test_state_is_predicts_cache_and_actions_are_predicts() -> None:
     config = attn_ppo_config(**SMALL, actor_context=True)
-    env = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync")
+    # 15-step episodes: restarts mid-way whatever the random policy does (a policy that kept the pole up for all 40
+    # steps left this test without a restart for some initialisations).
+    env = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync", max_episode_steps=15)
     module = AttnPPOTorchRLModule(
         observation_space=env.single_observation_space, action_space=env.single_action_space, model_config=config.model_config
     )
