@@ -130,22 +130,20 @@ def test_ablation_variant_of_an_optuna_trial_is_what_rl_zoo3_trained(tmp_path) -
 
 
 def test_popgym_runs_count_only_for_the_entries_they_ran_with(tmp_path) -> None:
-    def row(algo: str, seed: int, final: float, **attn: str) -> dict:
+    def row(algo: str, seed: int, final: float, budget: int = 1000, **attn: str) -> dict:
         shared = {"n_envs": 8, "n_steps": 128, "batch_size": 256, "n_epochs": 4, "learning_rate": 0.0003, "gamma": 0.99,
                   "gae_lambda": 0.95, "env_wrapper": "gymnasium.wrappers.FlattenObservation"}  # fmt: skip
         entry = {"policy": "MlpPolicy", "policy_kwargs": "dict(net_arch=dict(pi=[64], vf=[64]))"}
         if algo == "ppo_attn":
             entry["actor_context"] = True
-        hyperparams = {k: str(v) for k, v in {**shared, **entry, "n_timesteps": 1000.0, **attn}.items()}
-        return {"algo": algo, "env": "popgym-RepeatFirstEasy-v0", "seed": seed, "budget": 1000, "timesteps": [1000],
+        hyperparams = {k: str(v) for k, v in {**shared, **entry, "n_timesteps": float(budget), **attn}.items()}
+        return {"algo": algo, "env": "popgym-RepeatFirstEasy-v0", "seed": seed, "budget": budget, "timesteps": [budget],
                 "eval_mean": [final], "wall_s": 1.0, "hyperparams": hyperparams,
                 "environment": {"sb3-attn-ac": __version__, "gymnasium": gym.__version__}}  # fmt: skip
 
     out = tmp_path / "popgym_rows.jsonl"
     rows = [row("ppo_attn", s, 0.1 * s) for s in range(3)] + [row("ppo_attn", s, 0.9, prev_action="True") for s in range(3)]
-    rows.append(
-        {**row("ppo", 0, -0.5), "budget": 2000, "hyperparams": {**row("ppo", 0, -0.5)["hyperparams"], "n_timesteps": "2000.0"}}
-    )
+    rows.append(row("ppo", 0, -0.5, budget=2000))  # another budget: not these entries' run
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cmd = [sys.executable, str(ROOT / "benchmarks" / "popgym_tasks.py"), "--aggregate-only", "--budget", "1e3",
            "--tasks", "RepeatFirstEasy", "--out", str(out)]  # fmt: skip
