@@ -3,13 +3,17 @@ train statistics of every update (``train/approx_kl``, ``clip_fraction``, ``entr
 ``explained_variance``, ``contrastive_loss``, ...) and each head's offset biases (offsets 0-4, and the mean of the rest)
 written to a CSV (``progress.csv`` in ``--logs``), and the scale of each rollout's advantages before PPO normalises
 them, to see *why* a run fails: what the heads attend to, when the policy turns deterministic, whether an update jumped.
-The callback only reads, so the run is the report's run (same seed, same result); evaluations every 10% of the budget as
-the report's.
+It also logs the size of the gradient that the value head and the actor each send into the transformer's outputs (the
+L2 norm per minibatch, averaged over an update: ``grad/value_head``, ``grad/actor``): with the shared transformer it
+tells which loss shapes what both heads read. The callback only reads, so the run is the report's run (same seed,
+same result); evaluations every 10% of the budget as the report's. A ``popgym-...`` env trains with
+``popgym_tasks.py``'s AttnPPO entry (plain observations, 1e5 steps unless ``--set`` changes them).
 
     python benchmarks/diagnose.py --env CartPoleNoVel-v1 --seed 101
     python benchmarks/diagnose.py --env CartPoleNoVel-v1 --seed 100 --set prev_action=false
     python benchmarks/diagnose.py --env CartPoleNoVel-v1 --seed 101 --set normalize_advantage=false
     python benchmarks/diagnose.py --algo a2c_attn --env CartPoleNoVel-v1 --seed 101
+    python benchmarks/diagnose.py --env popgym-PositionOnlyPendulumEasy-v0 --seed 100
 """
 
 import argparse
@@ -19,17 +23,35 @@ from pathlib import Path
 
 import common  # one torch thread; must come first  # noqa: F401
 import pandas as pd
+import popgym_tasks
 import report
+import torch as th
 import yaml
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 
 
 class TrainStatistics(BaseCallback):
-    """Send SB3's logger to a CSV in ``$DIAGNOSE_DIR`` and record the offset biases after every rollout."""
+    """Send SB3's logger to a CSV in ``$DIAGNOSE_DIR``; record the offset biases after every rollout and the gradients
+    the heads sent into the transformer's outputs in the update before it."""
 
     def _on_training_start(self) -> None:
         self.model.set_logger(configure(os.environ["DIAGNOSE_DIR"], ["csv"]))
+        self.grad_norms: dict[str, list[float]] = {"value_head": [], "actor": []}
+        policy = self.model.policy
+        value_head, action_distribution = policy._value_head, policy.action_distribution
+        # The heads' inputs get a hook that records the gradient arriving there (training passes only: acting runs
+        # without gradients). Instance attributes: the policy's methods are unchanged.
+        policy._value_head = lambda hidden: value_head(self._watched("value_head", hidden))
+        policy.action_distribution = lambda obs, hidden=None: action_distribution(
+            obs, None if hidden is None else self._watched("actor", hidden)
+        )
+
+    def _watched(self, head: str, hidden: th.Tensor) -> th.Tensor:
+        if hidden.requires_grad:
+            hidden = hidden.view_as(hidden)
+            hidden.register_hook(lambda grad: self.grad_norms[head].append(float(grad.norm())))
+        return hidden
 
     def _on_step(self) -> bool:
         return True
@@ -37,6 +59,10 @@ class TrainStatistics(BaseCallback):
     def _on_rollout_end(self) -> None:
         # The rollout's advantages before PPO normalises them per minibatch (SB3 computes them before this call):
         # their scale against the returns' tells how much signal the normalised ones carry.
+        for head, norms in self.grad_norms.items():  # the update before this rollout (none before the first)
+            if norms:
+                self.logger.record(f"grad/{head}", sum(norms) / len(norms))
+            norms.clear()
         buffer = self.model.rollout_buffer
         self.logger.record("adv/std", float(buffer.advantages.std()))
         self.logger.record("adv/abs_mean", float(abs(buffer.advantages).mean()))
@@ -62,7 +88,10 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="entry overrides, name=yaml-value")
     parser.add_argument("--logs", type=Path, default=Path("logs/diagnose"))
     args = parser.parse_args()
-    entry = report.hyperparams(args.algo, args.env)
+    popgym = args.env.startswith("popgym-")
+    if popgym and args.algo != "ppo_attn":
+        parser.error("popgym_tasks.py has an entry for ppo_attn only")
+    entry = popgym_tasks.entry(args.algo, "plain", 1e5) if popgym else report.hyperparams(args.algo, args.env)
     for override in args.set:
         name, value = override.split("=", 1)
         entry[name] = yaml.safe_load(value)
@@ -71,14 +100,15 @@ def main() -> None:
     os.environ["DIAGNOSE_DIR"] = str(folder.resolve())
     here = str(Path(__file__).parent.resolve())  # the zoo subprocess imports this module for the callback
     os.environ["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])
-    row = report.train(args.algo, args.env, args.seed, folder, entry)
-    print(f"evaluations every 10%: {[round(x) for x in row['eval_mean']]}", file=sys.stderr)
+    row = report.train(args.algo, args.env, args.seed, folder, entry, gym_packages=("popgym",) if popgym else ())
+    print(f"evaluations every 10%: {[round(x, 2) for x in row['eval_mean']]}", file=sys.stderr)
     table = pd.read_csv(folder / "progress.csv")
     table = table.ffill()[table["train/value_loss"].notna()]  # one row per update (biases: the rollout before it)
     columns = ["time/total_timesteps", "rollout/ep_rew_mean", "train/approx_kl", "train/entropy_loss", "train/value_loss",
-               "train/explained_variance", "adv/std", "adv/return_std"]  # fmt: skip
-    columns = [c for c in columns if c in table] + [c for c in table if c.startswith("bias/")]  # A2C has no approx_kl
-    print(table[columns].iloc[:: max(1, len(table) // 20)].round(3).to_string())
+               "train/explained_variance", "adv/std", "adv/return_std", "grad/value_head", "grad/actor"]  # fmt: skip
+    table["grad/actor_to_value"] = table["grad/actor"] / table["grad/value_head"]
+    columns = [c for c in columns if c in table] + ["grad/actor_to_value"] + [c for c in table if c.startswith("bias/")]
+    print(table[columns].iloc[:: max(1, len(table) // 20)].to_string(float_format=lambda x: f"{x:.3g}"))
 
 
 if __name__ == "__main__":

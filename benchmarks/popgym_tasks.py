@@ -60,6 +60,19 @@ ENTRIES = {
 }
 
 
+def entry(algo: str, observations: str, budget: float, attn_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The rl-zoo3 entry ``algo`` trains with here: the shared PPO settings, the observation wrappers, the
+    algorithm's policy and (AttnPPO) ``attn_args`` over its arguments.
+
+    :param algo: ``ppo_attn``, ``ppo_lstm`` or ``ppo``
+    :param observations: a key of :data:`WRAPPERS`
+    :param budget: timesteps per run
+    :param attn_args: AttnPPO arguments (ignored for the others)
+    """
+    extra = (attn_args or {}) if algo == "ppo_attn" else {}
+    return {**SHARED, "env_wrapper": WRAPPERS[observations], **ENTRIES[algo], "n_timesteps": budget, **extra}
+
+
 def parse_args(pairs: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs as entry items, each value read as a yml entry reads it (``64`` an int, ``True`` a
     bool)."""
@@ -87,10 +100,7 @@ def main() -> None:
     args = parser.parse_args()
 
     attn_args = parse_args(args.attn_args)
-    wrapper = WRAPPERS[args.observations]
-    entries = {algo: {**SHARED, "env_wrapper": wrapper, **ENTRIES[algo], "n_timesteps": args.budget} for algo in args.algos}
-    if "ppo_attn" in entries:
-        entries["ppo_attn"].update(attn_args)
+    entries = {algo: entry(algo, args.observations, args.budget, attn_args) for algo in args.algos}
     # A run belongs to these entries if it ran with exactly their hyperparameters (a changed entry runs again).
     rows = report.ran_under(report.read_rows(args.out), args.version, args.gymnasium)
     rows = [r for r in rows if r["algo"] in entries and r["hyperparams"] == report.config(entries[r["algo"]])]
@@ -98,11 +108,11 @@ def main() -> None:
         done = {(r["algo"], r["env"], r["seed"]) for r in rows}
         for task in args.tasks:
             env_id = f"popgym-{task}-v0"
-            for algo, entry in entries.items():
+            for algo, hyperparams in entries.items():
                 for seed in args.seeds:
                     if (algo, env_id, seed) in done:
                         continue
-                    row = report.train(algo, env_id, seed, args.logs, entry, gym_packages=("popgym",))
+                    row = report.train(algo, env_id, seed, args.logs, hyperparams, gym_packages=("popgym",))
                     rows.append(row)
                     report.record_run(args.out, row, f"{algo} {env_id} seed {seed}", decimals=2)
     label = " ".join(args.attn_args)

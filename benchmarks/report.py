@@ -1,6 +1,7 @@
 """Learning-curve report: each algorithm trained through rl-zoo3 (``attn-zoo train``) with its own rl-zoo3
 hyperparameters, evaluated every 10% of its budget, then aggregated over seeds with the interquartile mean and
-stratified bootstrap 95% confidence intervals (``rliable``), as PNG curves and final-score bars.
+stratified bootstrap 95% confidence intervals (``rliable``), as PNG curves and final-score bars
+(``<out name>_<env>.png``: ``report_<env>.png`` for the default ``--out``).
 
 Hyperparameters: ours from ``hyperparams/``, the baselines' from rl-zoo3's own files (``a2c``, ``ppo``,
 ``ppo_lstm`` = RecurrentPPO). A baseline without an entry for a NoVel env uses its entry for the fully observed
@@ -259,7 +260,7 @@ def main() -> None:
                     row = train(algo, env_id, seed, args.logs, entry)
                     rows = current([*rows, row], args.version, args.gymnasium)
                     record_run(args.out, row, f"{algo} {env_id} seed {seed}")
-    print(aggregate(rows, args.out.parent))
+    print(aggregate(rows, args.out.parent, prefix=args.out.stem))  # plots <out name>_<env>.png
 
 
 if __name__ == "__main__":

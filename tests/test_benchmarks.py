@@ -58,7 +58,7 @@ def test_report_aggregate_is_reproducible_iqm_with_plots(tmp_path) -> None:
     low, high = (float(x) for x in attn.split("[")[1].split("]")[0].split(", "))
     assert 13 <= low < 377 < high <= 1000
     assert "| CartPoleNoVel-v1 | PPO | 1 | 1e+03 | 7 [7, 7] | 7 | - | - | - |" in lines
-    assert (tmp_path / "report_CartPoleNoVel-v1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "rows_CartPoleNoVel-v1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # named after --out
 
 
 def test_report_entry_lookup_falls_back_to_the_older_env_version_and_the_full_observation_entry() -> None:
@@ -175,3 +175,23 @@ def test_popgym_observations_are_popgyms_baseline_wrappers_on_a_made_env() -> No
         expected, expected_reward, *_ = theirs.step(np.array(action))
         assert obs[0] == expected[0] and reward == expected_reward
         assert np.array_equal(obs[1], action) and obs[2] == 0
+
+
+def test_diagnose_logs_the_gradients_each_head_sends_into_the_shared_transformer(tmp_path, monkeypatch) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import diagnose
+    import pandas as pd
+
+    from sb3_attn_ac import AttnPPO
+
+    monkeypatch.setenv("DIAGNOSE_DIR", str(tmp_path))
+    model = AttnPPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, actor_context=True, seed=0)
+    callback = diagnose.TrainStatistics()
+    model.learn(3 * 64, callback=callback)
+    table = pd.read_csv(tmp_path / "progress.csv")
+    updates = table[table["train/value_loss"].notna()]
+    # Two updates ran before the last rollout ended; each logged a positive norm for both heads.
+    assert len(updates) >= 1 and (updates["grad/value_head"] > 0).all() and (updates["grad/actor"] > 0).all()
+    assert len(table["grad/actor"].dropna()) == 2
+    # The last update's norms wait for a rollout that never came; acting (no gradients) recorded nothing after it.
+    assert all(len(norms) == 2 * 2 for norms in callback.grad_norms.values())  # 2 epochs x 2 minibatches
