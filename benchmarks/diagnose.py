@@ -57,12 +57,12 @@ class TrainStatistics(BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
-        # The rollout's advantages before PPO normalises them per minibatch (SB3 computes them before this call):
-        # their scale against the returns' tells how much signal the normalised ones carry.
         for head, norms in self.grad_norms.items():  # the update before this rollout (none before the first)
             if norms:
                 self.logger.record(f"grad/{head}", sum(norms) / len(norms))
             norms.clear()
+        # The rollout's advantages before PPO normalises them per minibatch (SB3 computes them before this call):
+        # their scale against the returns' tells how much signal the normalised ones carry.
         buffer = self.model.rollout_buffer
         self.logger.record("adv/std", float(buffer.advantages.std()))
         self.logger.record("adv/abs_mean", float(abs(buffer.advantages).mean()))
