@@ -1,19 +1,22 @@
 """One AttnPPO (or, with ``--algo a2c_attn``, AttnA2C) run through rl-zoo3 exactly as ``report.py`` trains it, with SB3's
 train statistics of every update (``train/approx_kl``, ``clip_fraction``, ``entropy_loss``, ``value_loss``,
-``explained_variance``, ``contrastive_loss``, ...) and each head's offset biases (offsets 0-4, and the mean of the rest)
-written to a CSV (``progress.csv`` in ``--logs``), and the scale of each rollout's advantages before PPO normalises
-them, to see *why* a run fails: what the heads attend to, when the policy turns deterministic, whether an update jumped.
-It also logs the size of the gradient that the value head and the actor each send into the transformer's outputs (the
-L2 norm per minibatch, averaged over an update: ``grad/value_head``, ``grad/actor``): with the shared transformer it
-tells which loss shapes what both heads read. The callback only reads, so the run is the report's run (same seed,
-same result); evaluations every 10% of the budget as the report's. A ``popgym-...`` env trains with
-``popgym_tasks.py``'s AttnPPO entry (plain observations, 1e5 steps unless ``--set`` changes them).
+``explained_variance``, ``contrastive_loss``, ...) and each head's offset biases (offsets 0-4, and the mean of the
+rest; with ``start_bias`` also its first-step bias; ``bias/actor_...``: an actor transformer of its own) written to a
+CSV (``progress.csv`` in ``--logs``), and the scale of each rollout's advantages before PPO normalises them, to see
+*why* a run fails: what the heads attend to, when the policy turns deterministic, whether an update jumped. It also
+logs the size of the gradient that the value head and the actor each send into the transformer's outputs (the L2 norm
+per minibatch, averaged over an update: ``grad/value_head``, ``grad/actor``): with the shared transformer it tells
+which loss shapes what both heads read. The callback only reads, so the run is the report's run (same seed, same
+result); evaluations every 10% of the budget as the report's. A ``popgym-...`` env trains with ``popgym_tasks.py``'s
+AttnPPO entry (plain observations, 1e5 steps unless ``--set`` changes them).
 
     python benchmarks/diagnose.py --env CartPoleNoVel-v1 --seed 101
     python benchmarks/diagnose.py --env CartPoleNoVel-v1 --seed 100 --set prev_action=false
     python benchmarks/diagnose.py --env CartPoleNoVel-v1 --seed 101 --set normalize_advantage=false
     python benchmarks/diagnose.py --algo a2c_attn --env CartPoleNoVel-v1 --seed 101
     python benchmarks/diagnose.py --env popgym-PositionOnlyPendulumEasy-v0 --seed 100
+    python benchmarks/diagnose.py --env popgym-RepeatFirstEasy-v0 --seed 100 \
+        --set shared_transformer=false context_len=64 start_bias=true
 """
 
 import argparse
@@ -68,16 +71,24 @@ class TrainStatistics(BaseCallback):
         self.logger.record("adv/abs_mean", float(abs(buffer.advantages).mean()))
         self.logger.record("adv/return_std", float(buffer.returns.std()))
         K = self.model.context_len
-        for layer, block in enumerate(self.model.policy.transformer.blocks):
-            bias = block.attn.offset_bias
-            if bias is None:  # position_encoding="absolute"
-                continue
-            causal = bias[:, K - 1 :].detach().cpu()  # (H, K): offsets 0 .. K - 1
-            for head, row in enumerate(causal):
-                for offset in range(min(5, K)):
-                    self.logger.record(f"bias/l{layer}h{head}o{offset}", float(row[offset]))
-                if K > 5:
-                    self.logger.record(f"bias/l{layer}h{head}rest", float(row[5:].mean()))
+        policy = self.model.policy
+        transformers = {"": policy.transformer}  # the critic's (the actor's too, when shared)
+        if policy.actor_encoder is not None:
+            transformers["actor_"] = policy.actor_encoder.transformer
+        for name, transformer in transformers.items():
+            for layer, block in enumerate(transformer.blocks):
+                bias = block.attn.offset_bias
+                if bias is None:  # position_encoding="absolute"
+                    continue
+                causal = bias[:, K - 1 :].detach().cpu()  # (H, K): offsets 0 .. K - 1
+                for head, row in enumerate(causal):
+                    for offset in range(min(5, K)):
+                        self.logger.record(f"bias/{name}l{layer}h{head}o{offset}", float(row[offset]))
+                    if K > 5:
+                        self.logger.record(f"bias/{name}l{layer}h{head}rest", float(row[5:].mean()))
+                if block.attn.start_bias is not None:
+                    for head, value in enumerate(block.attn.start_bias.detach().cpu()):
+                        self.logger.record(f"bias/{name}l{layer}h{head}start", float(value))
 
 
 def main() -> None:

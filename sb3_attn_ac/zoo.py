@@ -33,6 +33,7 @@ def sample_attention_params(trial: Any) -> dict[str, Any]:
         "mask_ratio": trial.suggest_categorical("mask_ratio", [0.15, 0.25]),
         "actor_context": trial.suggest_categorical("actor_context", [False, True]),
         "prev_action": trial.suggest_categorical("prev_action", [False, True]),
+        "start_bias": trial.suggest_categorical("start_bias", [False, True]),
     }
 
 

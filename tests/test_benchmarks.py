@@ -195,3 +195,24 @@ def test_diagnose_logs_the_gradients_each_head_sends_into_the_shared_transformer
     assert len(table["grad/actor"].dropna()) == 2
     # The last update's norms wait for a rollout that never came; acting (no gradients) recorded nothing after it.
     assert all(len(norms) == 2 * 2 for norms in callback.grad_norms.values())  # 2 epochs x 2 minibatches
+
+
+def test_diagnose_logs_both_transformers_biases_and_the_start_bias(tmp_path, monkeypatch) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import diagnose
+    import pandas as pd
+
+    from sb3_attn_ac import AttnPPO
+
+    monkeypatch.setenv("DIAGNOSE_DIR", str(tmp_path))
+    model = AttnPPO(
+        "MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, actor_context=True, shared_transformer=False,
+        start_bias=True, seed=0,
+    )  # fmt: skip
+    model.learn(2 * 64, callback=diagnose.TrainStatistics())
+    table = pd.read_csv(tmp_path / "progress.csv")
+    for name in ["", "actor_"]:
+        assert {f"bias/{name}l0h{h}{what}" for h in (0, 1) for what in ("o0", "rest", "start")} <= set(table)
+    # Logged after the rollout that follows the first update: both start biases have moved from zero.
+    last = table.ffill().iloc[-1]
+    assert last["bias/actor_l0h0start"] != 0.0 and last["bias/l0h0start"] != 0.0

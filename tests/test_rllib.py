@@ -101,6 +101,8 @@ def test_attention_arguments_have_attn_ppos_names_and_defaults() -> None:
         dict(rtg_coef=-1.0),
         dict(q_att_loss_coef=-1.0),
         dict(actor_context="True"),
+        dict(start_bias="True"),
+        dict(start_bias=True, position_encoding="absolute"),
     ],
 )
 def test_bad_arguments_raise_attn_ppos_errors(kwargs) -> None:
@@ -185,17 +187,21 @@ def test_state_is_predicts_cache_and_actions_are_predicts() -> None:
 
 
 @pytest.mark.parametrize(
-    "env_id, actor_context",
+    "env_id, kwargs",
     [
-        ("CartPole-v1", False),
-        ("CartPole-v1", True),
-        ("Pendulum-v1", True),  # Box actions: mean and log std
-        ("FrozenLake-v1", True),  # Discrete observations, one-hot in the module; short episodes
+        ("CartPole-v1", dict(actor_context=False)),
+        ("CartPole-v1", dict(actor_context=True)),
+        ("CartPole-v1", dict(actor_context=True, start_bias=True)),  # the first step's slot while acting
+        ("Pendulum-v1", dict(actor_context=True)),  # Box actions: mean and log std
+        ("FrozenLake-v1", dict(actor_context=True)),  # Discrete observations, one-hot in the module; short episodes
     ],
 )
-def test_training_values_equal_step_by_step_and_whole_episode_values(env_id, actor_context) -> None:
-    config = small_config(env_id, actor_context=actor_context)
+def test_training_values_equal_step_by_step_and_whole_episode_values(env_id, kwargs) -> None:
+    config = small_config(env_id, **kwargs)
     runner = SingleAgentEnvRunner(config=config)
+    for block in runner.module.policy.transformer.blocks:  # zero at init: make the start bias matter
+        if block.attn.start_bias_raw is not None:
+            th.nn.init.normal_(block.attn.start_bias_raw, std=0.3)
     learner = config.build_learner(env=runner.env)
     module = learner.module[DEFAULT_MODULE_ID]
     module.set_state(runner.module.get_state())

@@ -43,9 +43,10 @@ def test_band_mask_matches_dense_definition(T: int, causal: bool) -> None:
 
 def random_transformer(D: int, n_layers: int, K: int) -> EpisodeTransformer:
     th.manual_seed(0)
-    model = EpisodeTransformer(D, n_layers=n_layers, n_heads=2, context_len=K, dropout=0.0).eval()
-    for block in model.blocks:  # offset biases start at zero: make them matter (std 3 after the scale)
+    model = EpisodeTransformer(D, n_layers=n_layers, n_heads=2, context_len=K, dropout=0.0, start_bias=True).eval()
+    for block in model.blocks:  # offset and start biases start at zero: make them matter (std 3 after the scale)
         nn.init.normal_(block.attn.offset_bias_raw, std=0.3)
+        nn.init.normal_(block.attn.start_bias_raw, std=0.3)
     return model
 
 
@@ -55,6 +56,7 @@ def test_offset_bias_indexes_the_offset_back() -> None:
     K, k, T, D = 6, 2, 14, 8
     model = random_transformer(D, 1, K)
     with th.no_grad():
+        model.blocks[0].attn.start_bias_raw.zero_()
         model.blocks[0].attn.offset_bias_raw.zero_()
         model.blocks[0].attn.offset_bias_raw[:, K - 1 + k] = 5.0  # bias 50 at offset ts_i - ts_j = k
     meta = make_meta([0, 9], T)
@@ -63,6 +65,34 @@ def test_offset_bias_indexes_the_offset_back() -> None:
     for t in [2, 5, 8, 11, 13]:
         assert th.allclose(weights[:, t, t - k], th.ones(2), atol=1e-4), t
     assert th.allclose(weights[:, 9, 9], th.ones(2))  # an episode's first step sees only itself
+
+
+@pytest.mark.parametrize("T", [12, 40])  # dense window, then chunks
+def test_start_bias_points_every_step_at_its_episodes_first_step(T: int) -> None:
+    """A dominant start bias makes every step attend to its own episode's first step while that step is in the
+    window (and only then: further on, the offset biases decide); acting reads the same slot."""
+    K, D = 8, 8
+    model = random_transformer(D, 1, K)
+    with th.no_grad():
+        model.blocks[0].attn.offset_bias_raw.zero_()
+        model.blocks[0].attn.start_bias_raw.fill_(5.0)  # bias 50 on the first step
+    starts = [0, 5, 20]
+    meta = make_meta(starts, T)
+    x = th.randn(1, T, D)
+    weights = model.attention_weights(x, Band(meta, K))[0][0]  # (H, T, T)
+    first = th.tensor([max(s for s in starts if s <= t) for t in range(T)])
+    for t in range(T):
+        if t - first[t] < K:
+            assert th.allclose(weights[:, t, first[t]], th.ones(2), atol=1e-4), t
+        else:
+            assert weights[:, t, first[t]].eq(0).all() and not th.allclose(weights[:, t].max(-1).values, th.ones(2)), t
+    # Acting: the incremental pass, slot by slot, gives the same outputs.
+    batched = model(x, Band(meta, K))
+    cache = KVCache(th.zeros(1, 1, 2, K - 1, D // 2), th.zeros(1, 1, 2, K - 1, D // 2), th.zeros(1, K - 1, dtype=th.bool))
+    with th.no_grad():
+        for t in range(T):
+            out, cache = model.step(x[:, t], cache.reset(meta.timesteps[:, t] == 0), meta.timesteps[:, t])
+            assert th.allclose(out[0], batched[0, t], atol=1e-5), t
 
 
 def test_chunked_attention_equals_dense_window() -> None:
@@ -107,7 +137,7 @@ def test_incremental_steps_equal_the_batched_pass() -> None:
     starts = meta.timesteps[0] == 0
     with th.no_grad():
         for t in range(T):
-            out, cache = model.step(x[:, t], cache.reset(starts[t : t + 1]))
+            out, cache = model.step(x[:, t], cache.reset(starts[t : t + 1]), meta.timesteps[:, t])
             assert th.allclose(out[0], batched[0, t], atol=1e-5), t
     # A cache built by a batched pass over the first 20 steps continues exactly like the batched pass.
     head = TokenMeta(*(m[:, :20] for m in meta))
@@ -116,7 +146,7 @@ def test_incremental_steps_equal_the_batched_pass() -> None:
     cache = KVCache(keys, values, tail.valid & (tail.episode_ids == head.episode_ids[:, -1:]))
     with th.no_grad():
         for t in range(20, T):
-            out, cache = model.step(x[:, t], cache.reset(starts[t : t + 1]))
+            out, cache = model.step(x[:, t], cache.reset(starts[t : t + 1]), meta.timesteps[:, t])
             assert th.allclose(out[0], batched[0, t], atol=1e-5), t
 
 
@@ -130,7 +160,7 @@ def test_a_batched_pass_from_a_cache_equals_incremental_steps(T: int) -> None:
     outputs = []
     with th.no_grad():
         for t in range(P + T):
-            out, cache = model.step(x[:, t], cache)
+            out, cache = model.step(x[:, t], cache, th.full((2,), t))
             outputs.append(out)
             if t == P - 1:
                 start = cache

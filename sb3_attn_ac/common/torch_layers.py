@@ -75,6 +75,7 @@ class Band:
         self.attn_mask = self.allowed[:, None]  # (B, 1, nC, C, W): broadcast over heads
         # Index of each key's offset ts_i - ts_j in a per-head table of 2K - 1 offset biases (outside the band: masked).
         self.offsets = (delta.clamp(1 - context_len, context_len - 1) + context_len - 1).flatten()  # (B * nC * C * W,)
+        self.starts = (k_ts == 0)[:, None, :, None, :]  # (B, 1, nC, 1, W): keys that are their episode's first step
 
     def select(self, rows: th.Tensor) -> "Band":
         """The same layout for a subset of the rows (e.g. a minibatch of a band built once per epoch)."""
@@ -82,19 +83,24 @@ class Band:
         band.allowed = self.allowed[rows]
         band.attn_mask = band.allowed[:, None]
         band.offsets = self.offsets.view(*self.allowed.shape)[rows].flatten()
+        band.starts = self.starts[rows]
         return band
 
-    def scores_mask(self, offset_bias: th.Tensor | None) -> th.Tensor:
+    def scores_mask(self, offset_bias: th.Tensor | None, start_bias: th.Tensor | None = None) -> th.Tensor:
         """The ``attn_mask`` of one layer: the boolean band, or (with relative positions) each head's offset bias
-        on the allowed keys and -inf elsewhere.
+        (plus its start bias on the keys that are their episode's first step) on the allowed keys and -inf
+        elsewhere.
 
         :param offset_bias: (H, 2K - 1) bias per head and offset ``ts_i - ts_j`` (from -(K - 1) to K - 1), or None
+        :param start_bias: (H,) bias per head for its episode's first step, or None
         :return: (B, 1, nC, C, W) bool or (B, H, nC, C, W) float
         """
         if offset_bias is None:
             return self.attn_mask
         H = offset_bias.shape[0]
         bias = offset_bias[:, self.offsets].view(H, *self.allowed.shape).transpose(0, 1)  # (B, H, nC, C, W)
+        if start_bias is not None:
+            bias = bias + start_bias[:, None, None, None] * self.starts
         return bias.masked_fill(~self.attn_mask, float("-inf"))
 
     def queries(self, z: th.Tensor) -> th.Tensor:
@@ -132,11 +138,16 @@ class WindowAttention(nn.Module):
     :param dropout: dropout on attention weights and output
     :param context_len: K, the attention window
     :param relative_positions: learn a bias per head and offset
+    :param start_bias: (with ``relative_positions``) also learn a bias per head for the episode's first step,
+        stored scaled the same way, so a head can learn to read the first step from anywhere in the window as
+        fast as it learns an offset
     """
 
     OFFSET_BIAS_SCALE = 10.0
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float, context_len: int, relative_positions: bool) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int, dropout: float, context_len: int, relative_positions: bool, start_bias: bool = False
+    ) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)
@@ -145,11 +156,17 @@ class WindowAttention(nn.Module):
         self.resid_dropout = dropout_layer(dropout)
         self.context_len = context_len
         self.offset_bias_raw = nn.Parameter(th.zeros(n_heads, 2 * context_len - 1)) if relative_positions else None
+        self.start_bias_raw = nn.Parameter(th.zeros(n_heads)) if relative_positions and start_bias else None
 
     @property
     def offset_bias(self) -> th.Tensor | None:
         """(H, 2K - 1) score bias per head and offset ``ts_i - ts_j`` + K - 1 (None without relative positions)."""
         return None if self.offset_bias_raw is None else self.OFFSET_BIAS_SCALE * self.offset_bias_raw
+
+    @property
+    def start_bias(self) -> th.Tensor | None:
+        """(H,) score bias per head for the key that is its episode's first step (None without one)."""
+        return None if self.start_bias_raw is None else self.OFFSET_BIAS_SCALE * self.start_bias_raw
 
     def forward(
         self, x: th.Tensor, band: Band, past: tuple[th.Tensor, th.Tensor] | None = None
@@ -171,7 +188,7 @@ class WindowAttention(nn.Module):
             band.queries(q),  # (B, H, nC, C, d)
             band.windows(k),  # (B, H, nC, W, d)
             band.windows(v),
-            attn_mask=band.scores_mask(self.offset_bias),
+            attn_mask=band.scores_mask(self.offset_bias, self.start_bias),
             dropout_p=self.dropout if self.training else 0.0,
         )
         return self.resid_dropout(self.proj(band.merge(y)[:, P:])), k, v
@@ -187,7 +204,7 @@ class WindowAttention(nn.Module):
         H = self.n_heads
         q, k, _ = self.qkv(x).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)
         scores = band.queries(q) @ band.windows(k).transpose(-1, -2) / math.sqrt(D // H)  # (B, H, nC, C, W)
-        mask = band.scores_mask(self.offset_bias)
+        mask = band.scores_mask(self.offset_bias, self.start_bias)
         weights = (scores + mask if mask.is_floating_point() else scores.masked_fill(~mask, float("-inf"))).softmax(dim=-1)
         C, W = band.chunk, band.width
         dense = weights.new_zeros(B, H, band.n_chunks * C, band.n_chunks * C + band.left + band.right)
@@ -196,7 +213,7 @@ class WindowAttention(nn.Module):
         return dense[:, :, :T, band.left : band.left + T]
 
     def step(
-        self, x: th.Tensor, keys: th.Tensor, values: th.Tensor, valid: th.Tensor
+        self, x: th.Tensor, keys: th.Tensor, values: th.Tensor, valid: th.Tensor, timesteps: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """One new token per row, attending to itself and its cached predecessors.
 
@@ -204,6 +221,7 @@ class WindowAttention(nn.Module):
         :param keys: (B, H, K - 1, d) cached keys of the previous K - 1 steps
         :param values: (B, H, K - 1, d) cached values
         :param valid: (B, K - 1) which cache slots hold steps of the same episode
+        :param timesteps: (B,) the new tokens' index within their episodes (where the first step sits)
         :return: (B, D) output, and keys and values with the new token appended, each (B, H, K, d)
         """
         B, D = x.shape
@@ -213,7 +231,11 @@ class WindowAttention(nn.Module):
         bias = self.offset_bias
         if bias is not None:  # slot j of the K holds the step K - 1 - j steps back: offsets K - 1 ... 0
             K = self.context_len
-            mask = bias[:, K - 1 :].flip(-1)[None, :, None].masked_fill(~mask, float("-inf"))  # (B, H, 1, K)
+            scores = bias[:, K - 1 :].flip(-1)[None, :, None]  # (1, H, 1, K)
+            if self.start_bias is not None:  # the episode's first step sits in slot K - 1 - t (if t < K)
+                starts = th.arange(K, device=x.device) == (K - 1 - timesteps)[:, None]  # (B, K)
+                scores = scores + self.start_bias[None, :, None, None] * starts[:, None, None]
+            mask = scores.masked_fill(~mask, float("-inf"))  # (B, H, 1, K)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H, 1, d)
         return self.proj(y.reshape(B, D)), keys, values
 
@@ -224,10 +246,12 @@ class Block(nn.Module):
     The MLP uses ReLU (as GTrXL): on one CPU thread GELU costs three times as much for no gain here.
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float, context_len: int, relative_positions: bool) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int, dropout: float, context_len: int, relative_positions: bool, start_bias: bool
+    ) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(d_model)
-        self.attn = WindowAttention(d_model, n_heads, dropout, context_len, relative_positions)
+        self.attn = WindowAttention(d_model, n_heads, dropout, context_len, relative_positions, start_bias)
         self.ln_2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(
             nn.Linear(d_model, 2 * d_model), nn.ReLU(), nn.Linear(2 * d_model, d_model), dropout_layer(dropout)
@@ -241,9 +265,9 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x)), k, v
 
     def step(
-        self, x: th.Tensor, keys: th.Tensor, values: th.Tensor, valid: th.Tensor
+        self, x: th.Tensor, keys: th.Tensor, values: th.Tensor, valid: th.Tensor, timesteps: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        y, keys, values = self.attn.step(self.ln_1(x), keys, values, valid)
+        y, keys, values = self.attn.step(self.ln_1(x), keys, values, valid, timesteps)
         x = x + y
         return x + self.mlp(self.ln_2(x)), keys, values
 
@@ -259,14 +283,24 @@ class EpisodeTransformer(nn.Module):
     :param context_len: K, each layer's attention window (the token itself and K - 1 neighbours)
     :param dropout: dropout rate
     :param relative_positions: each head learns a bias per offset in the window (see :class:`WindowAttention`)
+    :param start_bias: (with ``relative_positions``) and one for the episode's first step
     """
 
     def __init__(
-        self, d_model: int, n_layers: int, n_heads: int, context_len: int, dropout: float, relative_positions: bool = True
+        self,
+        d_model: int,
+        n_layers: int,
+        n_heads: int,
+        context_len: int,
+        dropout: float,
+        relative_positions: bool = True,
+        start_bias: bool = False,
     ) -> None:
         super().__init__()
         self.context_len = context_len
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout, context_len, relative_positions) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(
+            Block(d_model, n_heads, dropout, context_len, relative_positions, start_bias) for _ in range(n_layers)
+        )
         self.ln_f = nn.LayerNorm(d_model)
         self.apply(self._init_weights)
         # GPT-2's scaled init of the residual projections (1 / sqrt(2 * n_layers)).
@@ -341,16 +375,17 @@ class EpisodeTransformer(nn.Module):
             values.append(v)
         return self.ln_f(x), th.stack(keys), th.stack(values)
 
-    def step(self, x: th.Tensor, cache: "KVCache") -> tuple[th.Tensor, "KVCache"]:
+    def step(self, x: th.Tensor, cache: "KVCache", timesteps: th.Tensor) -> tuple[th.Tensor, "KVCache"]:
         """Incremental (acting-time) pass: one new token per row, cost independent of its position.
 
         :param x: (B, D) new tokens (embedding + position)
         :param cache: the previous K - 1 steps' keys and values of every layer
+        :param timesteps: (B,) the new tokens' index within their episodes
         :return: (B, D) outputs and the cache rolled forward by one step
         """
         new_keys, new_values = [], []
         for i, block in enumerate(self.blocks):
-            x, k, v = block.step(x, cache.keys[i], cache.values[i], cache.valid)
+            x, k, v = block.step(x, cache.keys[i], cache.values[i], cache.valid, timesteps)
             new_keys.append(k[:, :, 1:])  # drop the oldest step: the window slides
             new_values.append(v[:, :, 1:])
         valid = th.cat([cache.valid, th.ones_like(cache.valid[:, :1])], dim=1)[:, 1:]
@@ -426,6 +461,7 @@ class EpisodeEncoder(nn.Module):
     :param dropout: dropout rate
     :param relative_positions: offset biases and a start embedding (else sinusoidal episode-step positions)
     :param action_dim: width of the previous action's encoding added to each token (0: none)
+    :param start_bias: (with ``relative_positions``) each head also learns a bias for the episode's first step
     """
 
     def __init__(
@@ -438,9 +474,10 @@ class EpisodeEncoder(nn.Module):
         dropout: float,
         relative_positions: bool,
         action_dim: int = 0,
+        start_bias: bool = False,
     ) -> None:
         super().__init__()
         self.token_embedding = nn.Linear(features_dim, d_model)
         self.action_embedding = nn.Linear(action_dim, d_model, bias=False) if action_dim else None
         self.positions = EpisodeStartEmbedding(d_model) if relative_positions else SinusoidalPositions(d_model)
-        self.transformer = EpisodeTransformer(d_model, n_layers, n_heads, context_len, dropout, relative_positions)
+        self.transformer = EpisodeTransformer(d_model, n_layers, n_heads, context_len, dropout, relative_positions, start_bias)

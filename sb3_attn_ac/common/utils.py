@@ -111,6 +111,7 @@ def check_attention_args(
     key_encoder: str,
     key_momentum: float,
     position_encoding: str,
+    start_bias: bool = False,
 ) -> None:
     """Raise a ValueError naming the argument and its accepted values for a bad architecture argument."""
     if not isinstance(context_len, int) or context_len < 1:
@@ -129,6 +130,8 @@ def check_attention_args(
         raise ValueError(f"key_momentum must be in [0, 1), got {key_momentum!r}")
     if position_encoding not in POSITION_ENCODINGS:
         raise ValueError(f"position_encoding must be one of {POSITION_ENCODINGS}, got {position_encoding!r}")
+    if start_bias and position_encoding != "relative":
+        raise ValueError(f'start_bias=True needs position_encoding="relative", got position_encoding={position_encoding!r}')
 
 
 def check_flags(**flags: Any) -> None:

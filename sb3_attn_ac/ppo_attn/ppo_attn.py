@@ -91,6 +91,8 @@ class AttnPPO(AttnOnPolicyAlgorithm):
     :param prev_action: each token also embeds the previous step's action (see
         :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`); ``predict`` then carries each
         env's last action in ``state``
+    :param start_bias: each attention head also learns a bias for its episode's first step (see
+        :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`; needs ``position_encoding="relative"``)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -142,6 +144,7 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         position_encoding: str = "relative",
         shared_transformer: bool = True,
         prev_action: bool = False,
+        start_bias: bool = False,
         _init_setup_model: bool = True,
     ) -> None:
         # PPO's checks (its assertions and warning), as ValueErrors naming the argument, plus n_epochs >= 1.
@@ -197,6 +200,7 @@ class AttnPPO(AttnOnPolicyAlgorithm):
             position_encoding=position_encoding,
             shared_transformer=shared_transformer,
             prev_action=prev_action,
+            start_bias=start_bias,
         )
         if self.env is not None:
             check_advantage_normalization(normalize_advantage, n_steps, self.n_envs, n_episodes)

@@ -39,8 +39,10 @@ def check_attention_config(args: dict[str, Any]) -> None:
         args["key_encoder"],
         args["key_momentum"],
         args["position_encoding"],
+        args["start_bias"],
     )
-    check_flags(**{name: args[name] for name in ("bert_masking", "actor_context", "shared_transformer", "prev_action")})
+    flags = ("bert_masking", "actor_context", "shared_transformer", "prev_action", "start_bias")
+    check_flags(**{name: args[name] for name in flags})
     check_contrastive_args(args["ct_coef"], args["ct_temperature"], args["mask_ratio"])
     check_loss_coefs(args["q_att_loss_coef"], args["next_state_coef"], args["rtg_coef"])
     check_policy_kwargs(args["policy_kwargs"], POLICY_ARGS, "attn_ppo_config")

@@ -50,6 +50,7 @@ class AttnPPOConfig(PPOConfig):
         self.position_encoding = "relative"
         self.shared_transformer = True
         self.prev_action = False
+        self.start_bias = False
         self.policy_kwargs: dict[str, Any] | None = None
         self.max_seq_len = DEFAULT_MAX_SEQ_LEN
 
@@ -75,6 +76,7 @@ class AttnPPOConfig(PPOConfig):
         position_encoding: str = NotProvided,  # type: ignore[assignment]
         shared_transformer: bool = NotProvided,  # type: ignore[assignment]
         prev_action: bool = NotProvided,  # type: ignore[assignment]
+        start_bias: bool = NotProvided,  # type: ignore[assignment]
         policy_kwargs: dict[str, Any] | None = NotProvided,  # type: ignore[assignment]
         max_seq_len: int = NotProvided,  # type: ignore[assignment]
         **rollout_args: Any,
@@ -103,6 +105,8 @@ class AttnPPOConfig(PPOConfig):
         :param position_encoding: ``"relative"`` (offset biases and a start-of-episode embedding) or ``"absolute"``
         :param shared_transformer: must stay True on RLlib (the actor reads the critic's transformer)
         :param prev_action: must stay False on RLlib (the token of the previous action is not supported there yet)
+        :param start_bias: each attention head also learns a bias for its episode's first step (with
+            ``position_encoding="relative"``)
         :param policy_kwargs: arguments of the policy other than the attention ones (``net_arch``,
             ``activation_fn``, ``ortho_init``, features extractor, ...); the optimizer is RLlib's
         :param max_seq_len: RLlib's training sequence length (episodes are cut into sequences this long; each
@@ -182,6 +186,7 @@ ATTENTION_ARGS = (
     "position_encoding",
     "shared_transformer",
     "prev_action",
+    "start_bias",
     "policy_kwargs",
     "max_seq_len",
 )

@@ -131,7 +131,7 @@ class AttnPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
         lengths = batch.get(Columns.SEQ_LENS)
         lengths = th.full((B,), T, device=start.device) if lengths is None else lengths.long()
         if T == 1:
-            hidden, cache = self.policy.transformer.step(tokens[:, 0], cache)
+            hidden, cache = self.policy.transformer.step(tokens[:, 0], cache, start)
             hidden = hidden[:, None]
         else:
             hidden, cache = self._sequence_pass(tokens, start, cache, lengths)

@@ -54,6 +54,7 @@ POLICY_ARGS = (
     "position_encoding",
     "shared_transformer",
     "prev_action",
+    "start_bias",
 )
 
 
@@ -124,6 +125,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         position_encoding: str,
         shared_transformer: bool,
         prev_action: bool,
+        start_bias: bool,
     ) -> None:
         check_rollout_args(n_episodes, max_rollout_steps)
         check_flags(
@@ -131,8 +133,11 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
             actor_context=actor_context,
             shared_transformer=shared_transformer,
             prev_action=prev_action,
+            start_bias=start_bias,
         )
-        check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum, position_encoding)
+        check_attention_args(
+            context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum, position_encoding, start_bias
+        )
         check_contrastive_args(ct_coef, ct_temperature, mask_ratio)
         check_loss_coefs(q_att_loss_coef, next_state_coef, rtg_coef)
         # The algorithm sets these policy arguments itself (the heads from next_state_coef and rtg_coef).
@@ -181,6 +186,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.position_encoding = position_encoding
         self.shared_transformer = shared_transformer
         self.prev_action = prev_action
+        self.start_bias = start_bias
 
     def _setup_model(self) -> None:
         # Everything below derives from saved attributes, so load() (which calls this after restoring them) agrees.

@@ -114,6 +114,10 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         moved the hidden state (a push changes CartPole's velocity), it is what makes that state recoverable
         from the observations. Acting then carries each env's last action (:meth:`predict` in ``state``), and
         the stream methods take the actions
+    :param start_bias: (``position_encoding="relative"``) each head also learns a bias for its episode's first
+        step, stored scaled as the offset biases: where the first step is what matters (a cue shown once at the
+        start), a head learns to read it from anywhere in the window as fast as it learns an offset. Pair it with
+        a ``context_len`` that covers the steps that must recall it
     """
 
     def __init__(
@@ -149,11 +153,16 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         position_encoding: str = "relative",
         shared_transformer: bool = True,
         prev_action: bool = False,
+        start_bias: bool = False,
     ) -> None:
         check_spaces(observation_space, action_space)
-        check_flags(actor_context=actor_context, shared_transformer=shared_transformer, prev_action=prev_action)
+        check_flags(
+            actor_context=actor_context, shared_transformer=shared_transformer, prev_action=prev_action, start_bias=start_bias
+        )
         check_q_att(q_att_coef, action_space, actor_context and not shared_transformer)
-        check_attention_args(context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum, position_encoding)
+        check_attention_args(
+            context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum, position_encoding, start_bias
+        )
         # Set before super().__init__(), whose _build() creates the transformer.
         self.context_len = context_len
         self.n_layers = n_layers
@@ -169,6 +178,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.position_encoding = position_encoding
         self.shared_transformer = shared_transformer
         self.prev_action = prev_action
+        self.start_bias = start_bias
         if net_arch is None:
             # SB3's actor; the critic's body is the transformer (its blocks hold MLPs), read by a linear head.
             net_arch = [] if features_extractor_class == NatureCNN else dict(pi=[64, 64], vf=[])
@@ -209,6 +219,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             position_encoding=self.position_encoding,
             shared_transformer=self.shared_transformer,
             prev_action=self.prev_action,
+            start_bias=self.start_bias,
             share_features_extractor=self.share_features_extractor,
             normalize_images=self.normalize_images,
         )
@@ -248,13 +259,13 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         relative = self.position_encoding == "relative"
         self.positions = EpisodeStartEmbedding(self.d_model) if relative else SinusoidalPositions(self.d_model)
         self.transformer = EpisodeTransformer(
-            self.d_model, self.n_layers, self.n_heads, self.context_len, self.dropout, relative_positions=relative
+            self.d_model, self.n_layers, self.n_heads, self.context_len, self.dropout, relative, self.start_bias
         )
         # The actor's own transformer (actor_context without sharing); the critic's parts above keep 0.1's names.
         self.actor_encoder: EpisodeEncoder | None = None
         if self.actor_context and not self.shared_transformer:
             sizes = (self.features_dim, self.d_model, self.n_layers, self.n_heads, self.context_len)
-            self.actor_encoder = EpisodeEncoder(*sizes, self.dropout, relative, action_dim)
+            self.actor_encoder = EpisodeEncoder(*sizes, self.dropout, relative, action_dim, self.start_bias)
         # Masked-contrastive parts: the learned [MASK] token, the query head and the key encoder.
         self.mask_embedding = nn.Parameter(0.02 * th.randn(self.d_model))
         self.query_head = nn.Linear(self.d_model, self.d_model)
@@ -677,7 +688,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             rolled forward
         """
         encoder = self._acting_encoder
-        hidden, cache = encoder.transformer.step(self._tokens(encoder, obs, timesteps, prev_actions=prev_actions), cache)
+        tokens = self._tokens(encoder, obs, timesteps, prev_actions=prev_actions)
+        hidden, cache = encoder.transformer.step(tokens, cache, timesteps)
         return self.action_distribution(obs, hidden), hidden, cache
 
     def predict(
