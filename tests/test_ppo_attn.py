@@ -212,8 +212,13 @@ class RepeatPreviousEnv(gym.Env):
         self.t, self.symbols = 0, self.np_random.integers(self.n, size=self.length + 1)
         return np.eye(self.n, dtype=np.float32)[self.symbols[0]], {}
 
+    def target(self) -> int:
+        """The step whose symbol the action must name now (negative: none yet)."""
+        return self.t - self.k
+
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
-        reward = float(self.t >= self.k and int(action) == self.symbols[self.t - self.k]) / (self.length - self.k)
+        target = self.target()
+        reward = float(target >= 0 and int(action) == self.symbols[target]) / (self.length - self.k)
         self.t += 1
         return np.eye(self.n, dtype=np.float32)[self.symbols[self.t]], reward, self.t >= self.length, False, {}
 
@@ -236,24 +241,15 @@ def test_repeat_the_observation_from_k_steps_ago(actor_context: bool) -> None:
         assert mean <= 0.4  # chance is 0.25: the current symbol says nothing about the one k steps back
 
 
-class RepeatFirstEnv(gym.Env):
+class RepeatFirstEnv(RepeatPreviousEnv):
     """POPGym's RepeatFirst in small: a random symbol every step; the action matching the episode's *first* symbol
     earns ``1 / length`` at every step (chance: 1 / n)."""
 
     def __init__(self, n: int = 4, length: int = 32) -> None:
-        self.n, self.length = n, length
-        self.observation_space = spaces.Box(0.0, 1.0, (n,), np.float32)
-        self.action_space = spaces.Discrete(n)
+        super().__init__(k=0, n=n, length=length)
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        self.t, self.symbols = 0, self.np_random.integers(self.n, size=self.length + 1)
-        return np.eye(self.n, dtype=np.float32)[self.symbols[0]], {}
-
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
-        reward = float(int(action) == self.symbols[0]) / self.length
-        self.t += 1
-        return np.eye(self.n, dtype=np.float32)[self.symbols[self.t]], reward, self.t >= self.length, False, {}
+    def target(self) -> int:
+        return 0
 
 
 @pytest.mark.parametrize("start_bias", [False, True])
