@@ -62,6 +62,7 @@ def test_cue_recall_needs_actor_context(actor_context: bool) -> None:
         dict(actor_context=True, shared_transformer=False),
         dict(actor_context=True, prev_action=True),
         dict(actor_context=True, shared_transformer=False, start_bias=True),
+        dict(actor_context=True, shared_transformer=False, position_encoding="alibi"),
     ],
 )
 def test_segments_replay_acting_context_exactly(kwargs: dict) -> None:
@@ -137,10 +138,13 @@ def test_context_changes_actions_and_evaluate_policy_works() -> None:
 
 def test_save_load_with_actor_context(tmp_path) -> None:
     env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
-    model = AttnPPO("MlpPolicy", env, actor_context=True, start_bias=True, **TINY).learn(64)
+    model = AttnPPO("MlpPolicy", env, actor_context=True, start_bias=True, position_encoding="alibi", **TINY).learn(64)
     model.save(tmp_path / "ppo.zip")
     loaded = AttnPPO.load(tmp_path / "ppo.zip", env=env)
     assert loaded.actor_context and loaded.policy.actor_context and loaded.policy.start_bias
+    assert loaded.policy.position_encoding == "alibi"
+    offsets = model.policy.transformer.blocks[0].attn.offset_bias_raw
+    assert th.equal(loaded.policy.transformer.blocks[0].attn.offset_bias_raw, offsets)
     bias = model.policy.transformer.blocks[0].attn.start_bias_raw
     assert th.equal(loaded.policy.transformer.blocks[0].attn.start_bias_raw, bias) and bias.abs().sum() > 0  # trained
     obs = np.random.default_rng(1).normal(size=(2, 4)).astype(np.float32)

@@ -192,6 +192,7 @@ def test_state_is_predicts_cache_and_actions_are_predicts() -> None:
         ("CartPole-v1", dict(actor_context=False)),
         ("CartPole-v1", dict(actor_context=True)),
         ("CartPole-v1", dict(actor_context=True, start_bias=True)),  # the first step's slot while acting
+        ("CartPole-v1", dict(actor_context=True, position_encoding="alibi")),  # nonzero offset biases from the start
         ("Pendulum-v1", dict(actor_context=True)),  # Box actions: mean and log std
         ("FrozenLake-v1", dict(actor_context=True)),  # Discrete observations, one-hot in the module; short episodes
     ],

@@ -67,6 +67,28 @@ def test_offset_bias_indexes_the_offset_back() -> None:
     assert th.allclose(weights[:, 9, 9], th.ones(2))  # an episode's first step sees only itself
 
 
+def test_alibi_init_starts_the_steep_head_on_the_last_steps() -> None:
+    """ALiBi's slopes as the offset biases' start (two heads: 1/16 and 1/256 per step back): before any
+    learning, in a 64-step window head 0 puts most of its weight on the last 16 steps and head 1 spreads it
+    almost evenly; zero biases (``relative``) weigh every step of the window alike."""
+    K, D = 64, 8
+    model = EpisodeTransformer(D, n_layers=1, n_heads=2, context_len=K, dropout=0.0).eval()
+    with th.no_grad():  # zero queries and keys: the scores are the biases alone
+        model.blocks[0].attn.qkv.weight.zero_()
+    meta = make_meta([0], K)
+    x = th.randn(1, K, D)
+    uniform = model.attention_weights(x, Band(meta, K))[0][0][:, K - 1]  # (H, K): the last step's row
+    assert th.allclose(uniform, th.full_like(uniform, 1 / K))
+    model.init_alibi()
+    bias = model.blocks[0].attn.offset_bias  # (H, 2K - 1), offset o at index K - 1 + o
+    assert th.allclose(bias[:, K - 1 + 10], th.tensor([-10 / 16, -10 / 256]))
+    assert th.equal(bias[:, K - 1 + 3], bias[:, K - 1 - 3])
+    row = model.attention_weights(x, Band(meta, K))[0][0][:, K - 1]
+    recent = row[:, K - 16 :].sum(-1)  # offsets 0-15
+    assert recent[0] > 0.6 and 0.25 < recent[1] < 0.3, recent
+    assert (row[:, 1:] >= row[:, :-1]).all()  # weights grow towards the current step
+
+
 @pytest.mark.parametrize("T", [12, 40])  # dense window, then chunks
 def test_start_bias_points_every_step_at_its_episodes_first_step(T: int) -> None:
     """A dominant start bias makes every step attend to its own episode's first step while that step is in the

@@ -168,6 +168,19 @@ class WindowAttention(nn.Module):
         """(H,) score bias per head for the key that is its episode's first step (None without one)."""
         return None if self.start_bias_raw is None else self.OFFSET_BIAS_SCALE * self.start_bias_raw
 
+    def init_alibi(self) -> None:
+        """Set the offset biases to ALiBi's linear recency penalty (Press et al., 2022): head h of H scores the
+        offset o with -m_h * |o|, m_h = 2^(-8 (h + 1) / H) (two heads: 1/16 and 1/256). A prior only: they stay
+        learned. Where a window is long, the steep head starts reading the last steps instead of averaging the
+        whole window, and the softmax then gives its recent offsets the gradient a short window would."""
+        if self.offset_bias_raw is None:
+            raise ValueError("init_alibi needs relative positions (relative_positions=True)")
+        H, K = self.n_heads, self.context_len
+        slopes = 2.0 ** (-8.0 * th.arange(1, H + 1, dtype=th.float32) / H)  # (H,)
+        offsets = th.arange(1 - K, K, dtype=th.float32).abs()  # (2K - 1,) as the biases' index
+        with th.no_grad():
+            self.offset_bias_raw.copy_(-slopes[:, None] * offsets / self.OFFSET_BIAS_SCALE)
+
     def forward(
         self, x: th.Tensor, band: Band, past: tuple[th.Tensor, th.Tensor] | None = None
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
@@ -314,6 +327,11 @@ class EpisodeTransformer(nn.Module):
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             nn.init.zeros_(module.bias)
+
+    def init_alibi(self) -> None:
+        """Start every layer's offset biases as ALiBi's slopes (:meth:`WindowAttention.init_alibi`)."""
+        for block in self.blocks:
+            block.attn.init_alibi()
 
     @property
     def receptive_field(self) -> int:

@@ -8,7 +8,7 @@ from gymnasium import spaces
 from torch.nn import functional as F
 
 KEY_ENCODERS = ("momentum", "shared")
-POSITION_ENCODINGS = ("relative", "absolute")
+POSITION_ENCODINGS = ("relative", "alibi", "absolute")
 SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 
@@ -130,8 +130,10 @@ def check_attention_args(
         raise ValueError(f"key_momentum must be in [0, 1), got {key_momentum!r}")
     if position_encoding not in POSITION_ENCODINGS:
         raise ValueError(f"position_encoding must be one of {POSITION_ENCODINGS}, got {position_encoding!r}")
-    if start_bias and position_encoding != "relative":
-        raise ValueError(f'start_bias=True needs position_encoding="relative", got position_encoding={position_encoding!r}')
+    if start_bias and position_encoding == "absolute":
+        raise ValueError(
+            f'start_bias=True needs position_encoding="relative" or "alibi", got position_encoding={position_encoding!r}'
+        )
 
 
 def check_flags(**flags: Any) -> None:

@@ -84,15 +84,18 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         included), which bounds memory; reaching it stops the rollout with a warning, or with an error when no
         episode has ended
     :param position_encoding: ``"relative"`` (default): each attention head learns a bias per offset in its window
-        and each episode's first step carries a learned embedding; ``"absolute"``: a sinusoidal embedding of the
-        step's index in its episode (sb3-attn-ac 0.1; its saved models load with it)
+        and each episode's first step carries a learned embedding; ``"alibi"``: the same, with the offset biases
+        starting as ALiBi's recency slopes instead of zero (for long windows, see
+        :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`); ``"absolute"``: a sinusoidal
+        embedding of the step's index in its episode (sb3-attn-ac 0.1; its saved models load with it)
     :param shared_transformer: with ``actor_context``, the actor reads the critic's transformer (True) or its own
         (False: value-loss steps never move the actor's inputs, as RecurrentPPO's separate critic LSTM)
     :param prev_action: each token also embeds the previous step's action (see
         :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`); ``predict`` then carries each
         env's last action in ``state``
     :param start_bias: each attention head also learns a bias for its episode's first step (see
-        :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`; needs ``position_encoding="relative"``)
+        :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`; needs ``position_encoding``
+        ``"relative"`` or ``"alibi"``)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 

@@ -102,11 +102,12 @@ class AttnPPOConfig(PPOConfig):
         :param next_state_coef: weight of a head predicting, at each masked position, the next step's features
         :param rtg_coef: weight of a head predicting, at each masked position, the discounted reward-to-go over the
             next ``context_len`` steps
-        :param position_encoding: ``"relative"`` (offset biases and a start-of-episode embedding) or ``"absolute"``
+        :param position_encoding: ``"relative"`` (offset biases and a start-of-episode embedding), ``"alibi"`` (the
+            same, offset biases starting as ALiBi's recency slopes) or ``"absolute"``
         :param shared_transformer: must stay True on RLlib (the actor reads the critic's transformer)
         :param prev_action: must stay False on RLlib (the token of the previous action is not supported there yet)
         :param start_bias: each attention head also learns a bias for its episode's first step (with
-            ``position_encoding="relative"``)
+            ``position_encoding="relative"`` or ``"alibi"``)
         :param policy_kwargs: arguments of the policy other than the attention ones (``net_arch``,
             ``activation_fn``, ``ortho_init``, features extractor, ...); the optimizer is RLlib's
         :param max_seq_len: RLlib's training sequence length (episodes are cut into sequences this long; each

@@ -104,8 +104,12 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
     :param next_state_head: a head predicting, at masked positions, the next step's features
     :param rtg_head: a head predicting, at masked positions, the discounted reward-to-go within the window
     :param position_encoding: ``"relative"``: a learned attention bias per head and offset in the window, and a
-        learned embedding of each episode's first step; ``"absolute"``: a sinusoidal embedding of the step's index
-        in its episode added to its token (sb3-attn-ac 0.1, which its saved models use)
+        learned embedding of each episode's first step; ``"alibi"``: the same, with the offset biases starting as
+        ALiBi's linear recency penalty (head h of H: -2^(-8 (h + 1) / H) per step back; two heads: 1/16 and
+        1/256) instead of zero: in a long window (``context_len`` 64) the steep head then starts on the last
+        steps, as a short window would, while the flat one still averages and ``start_bias`` still reaches the
+        first step; ``"absolute"``: a sinusoidal embedding of the step's index in its episode added to its token
+        (sb3-attn-ac 0.1, which its saved models use)
     :param shared_transformer: with ``actor_context``, whether the actor reads the critic's transformer (one
         transformer, shaped by both losses) or its own (as RecurrentPPO's separate critic LSTM: value-loss steps
         then never move the actor's inputs). Acting runs only the actor's either way; Q_att needs it shared
@@ -114,7 +118,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         moved the hidden state (a push changes CartPole's velocity), it is what makes that state recoverable
         from the observations. Acting then carries each env's last action (:meth:`predict` in ``state``), and
         the stream methods take the actions
-    :param start_bias: (``position_encoding="relative"``) each head also learns a bias for its episode's first
+    :param start_bias: (``position_encoding="relative"`` or ``"alibi"``) each head also learns a bias for its episode's first
         step, stored scaled as the offset biases: where the first step is what matters (a cue shown once at the
         start), a head learns to read it from anywhere in the window as fast as it learns an offset. Pair it with
         a ``context_len`` that covers the steps that must recall it
@@ -256,7 +260,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.token_embedding = nn.Linear(self.features_dim, self.d_model)
         action_dim = get_flattened_obs_dim(self.action_space) if self.prev_action else 0
         self.action_embedding = nn.Linear(action_dim, self.d_model, bias=False) if action_dim else None
-        relative = self.position_encoding == "relative"
+        relative = self.position_encoding != "absolute"
         self.positions = EpisodeStartEmbedding(self.d_model) if relative else SinusoidalPositions(self.d_model)
         self.transformer = EpisodeTransformer(
             self.d_model, self.n_layers, self.n_heads, self.context_len, self.dropout, relative, self.start_bias
@@ -266,6 +270,10 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         if self.actor_context and not self.shared_transformer:
             sizes = (self.features_dim, self.d_model, self.n_layers, self.n_heads, self.context_len)
             self.actor_encoder = EpisodeEncoder(*sizes, self.dropout, relative, action_dim, self.start_bias)
+        if self.position_encoding == "alibi":
+            self.transformer.init_alibi()
+            if self.actor_encoder is not None:
+                self.actor_encoder.transformer.init_alibi()
         # Masked-contrastive parts: the learned [MASK] token, the query head and the key encoder.
         self.mask_embedding = nn.Parameter(0.02 * th.randn(self.d_model))
         self.query_head = nn.Linear(self.d_model, self.d_model)
