@@ -15,7 +15,7 @@ Resumable: every finished (algo, env, seed) is one JSON line in ``--out``.
     python benchmarks/popgym_tasks.py --aggregate-only
     python benchmarks/popgym_tasks.py --algos ppo_attn --attn-args prev_action=True --seeds 100 101 102
     python benchmarks/popgym_tasks.py --algos ppo_attn --attn-args shared_transformer=False context_len=64 \
-        start_bias=True --seeds 0 1 2 3 4 --budget 1e5
+        start_bias=True position_encoding=alibi --seeds 0 1 2 3 4 --budget 1e5
 
 Plots: ``<out name>_<env>.png`` (``<out name>_popgym_observations_<env>.png`` with ``--observations popgym``).
 ``--attn-args`` changes AttnPPO's arguments (a variant to compare on tuning seeds). A run counts for the command's

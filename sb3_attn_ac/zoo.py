@@ -34,6 +34,7 @@ def sample_attention_params(trial: Any) -> dict[str, Any]:
         "actor_context": trial.suggest_categorical("actor_context", [False, True]),
         "prev_action": trial.suggest_categorical("prev_action", [False, True]),
         "start_bias": trial.suggest_categorical("start_bias", [False, True]),
+        "position_encoding": trial.suggest_categorical("position_encoding", ["relative", "alibi"]),
     }
 
 
