@@ -62,7 +62,7 @@ def test_select_masked_only_valid_and_ratio() -> None:
         (dict(dropout=1.0), "dropout"),
         (dict(key_encoder="ema"), r"key_encoder must be one of \('momentum', 'shared'\)"),
         (dict(key_momentum=1.0), "key_momentum"),
-        (dict(position_encoding="rotary"), r"position_encoding must be one of \('relative', 'absolute'\)"),
+        (dict(position_encoding="rotary"), r"position_encoding must be one of \('relative', 'alibi', 'absolute'\)"),
     ],
 )
 def test_check_attention_args(kwargs: dict, match: str) -> None:
