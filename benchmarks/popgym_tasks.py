@@ -17,8 +17,12 @@ Resumable: every finished (algo, env, seed) is one JSON line in ``--out``.
     python benchmarks/popgym_tasks.py --algos ppo_attn --attn-args shared_transformer=False context_len=64 \
         start_bias=True position_encoding=alibi --seeds 0 1 2 3 4 --budget 1e5
 
-Plots: ``<out name>_<env>.png`` (``<out name>_popgym_observations_<env>.png`` with ``--observations popgym``).
-``--attn-args`` changes AttnPPO's arguments (a variant to compare on tuning seeds). A run counts for the command's
+    python benchmarks/popgym_tasks.py --algos ppo_attn --tuned --seeds 0 1 2 3 4 --budget 1e5 --tasks RepeatFirstEasy
+
+Plots: ``<out name>_<env>.png`` (``<out name>_popgym_observations_<env>.png`` with ``--observations popgym``,
+``<out name>_tuned_<env>.png`` with ``--tuned``). ``--attn-args`` changes AttnPPO's arguments (a variant to compare
+on tuning seeds); ``--tuned`` trains AttnPPO with its own entry per task (``hyperparams/ppo_attn.yml``: the memory
+arguments chosen on tuning seeds, the shared PPO settings unchanged). A run counts for the command's
 entries only if it ran with exactly their hyperparameters (budget and arguments included).
 """
 
@@ -75,6 +79,22 @@ def entry(algo: str, observations: str, budget: float, attn_args: dict[str, Any]
     return {**SHARED, "env_wrapper": WRAPPERS[observations], **ENTRIES[algo], "n_timesteps": budget, **extra}
 
 
+def tuned(env_id: str, budget: float) -> dict[str, Any]:
+    """AttnPPO's own rl-zoo3 entry for a POPGym task (``hyperparams/ppo_attn.yml``: its memory arguments chosen
+    on tuning seeds), at ``budget``. It must keep every setting the three algorithms share here, so the comparison
+    stays like for like.
+
+    :param env_id: a ``popgym-<task>-v0`` id with an entry of its own
+    :param budget: timesteps per run
+    """
+    own = report.hyperparams("ppo_attn", env_id)
+    shared = report.config(entry("ppo_attn", "plain", budget))
+    differs = sorted(k for k, v in shared.items() if k != "n_timesteps" and str(own.get(k)) != v)
+    if "actor_context" not in own or differs:
+        raise SystemExit(f"--tuned: hyperparams/ppo_attn.yml has no {env_id} entry with the shared settings ({differs})")
+    return {**own, "n_timesteps": budget}
+
+
 def parse_args(pairs: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs as entry items, each value read as a yml entry reads it (``64`` an int, ``True`` a
     bool)."""
@@ -94,6 +114,9 @@ def main() -> None:
                         help="popgym: every observation also holds the previous action and a first-step flag, as in "
                         "POPGym's baselines, for every algorithm")  # fmt: skip
     parser.add_argument("--attn-args", nargs="+", default=[], help="AttnPPO arguments over the script's, KEY=VALUE")
+    parser.add_argument(
+        "--tuned", action="store_true", help="AttnPPO trains with its entry per task (hyperparams/ppo_attn.yml)"
+    )
     parser.add_argument("--logs", type=Path, default=Path("logs/popgym"))
     parser.add_argument("--aggregate-only", action="store_true")
     parser.add_argument("--version", default=sb3_attn_ac.__version__, help="aggregate our algorithms' rows of this version")
@@ -101,26 +124,33 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=report.RESULTS / "popgym.jsonl")
     args = parser.parse_args()
 
+    if args.tuned and (args.attn_args or args.observations != "plain"):
+        parser.error("--tuned: the per-task entries are for plain observations and take no --attn-args")
     attn_args = parse_args(args.attn_args)
-    entries = {algo: entry(algo, args.observations, args.budget, attn_args) for algo in args.algos}
+    entries = {}  # (algo, env id) -> entry
+    for task in args.tasks:
+        env_id = f"popgym-{task}-v0"
+        for algo in args.algos:
+            own = args.tuned and algo == "ppo_attn"
+            args_entry = entry(algo, args.observations, args.budget, attn_args)
+            entries[algo, env_id] = tuned(env_id, args.budget) if own else args_entry
     # A run belongs to these entries if it ran with exactly their hyperparameters (a changed entry runs again).
     rows = report.ran_under(report.read_rows(args.out), args.version, args.gymnasium)
-    rows = [r for r in rows if r["algo"] in entries and r["hyperparams"] == report.config(entries[r["algo"]])]
+    rows = [r for r in rows if r["hyperparams"] == report.config(entries.get((r["algo"], r["env"]), {}))]
     if not args.aggregate_only:
         done = {(r["algo"], r["env"], r["seed"]) for r in rows}
-        for task in args.tasks:
-            env_id = f"popgym-{task}-v0"
-            for algo, hyperparams in entries.items():
-                for seed in args.seeds:
-                    if (algo, env_id, seed) in done:
-                        continue
-                    row = report.train(algo, env_id, seed, args.logs, hyperparams, gym_packages=("popgym",))
-                    rows.append(row)
-                    report.record_run(args.out, row, f"{algo} {env_id} seed {seed}", decimals=2)
-    label = " ".join(args.attn_args)
+        for (algo, env_id), hyperparams in entries.items():
+            for seed in args.seeds:
+                if (algo, env_id, seed) in done:
+                    continue
+                row = report.train(algo, env_id, seed, args.logs, hyperparams, gym_packages=("popgym",))
+                rows.append(row)
+                report.record_run(args.out, row, f"{algo} {env_id} seed {seed}", decimals=2)
+    label = "own entry per task" if args.tuned else " ".join(args.attn_args)
     rows = [{**r, "algo": f"AttnPPO {label}"} if r["algo"] == "ppo_attn" and label else r for r in rows]
     rows = [r for r in rows if r["seed"] in args.seeds and r["env"] in {f"popgym-{t}-v0" for t in args.tasks}]
     prefix = args.out.stem if args.observations == "plain" else f"{args.out.stem}_{args.observations}_observations"
+    prefix += "_tuned" if args.tuned else ""
     print(report.aggregate(rows, args.out.parent, prefix=prefix, decimals=2))
 
 

@@ -157,6 +157,42 @@ def test_popgym_runs_count_only_for_the_entries_they_ran_with(tmp_path) -> None:
     assert (tmp_path / "popgym_rows_popgym-RepeatFirstEasy-v0.png").exists()
 
 
+def test_popgym_tuned_entries_keep_the_shared_settings_and_their_runs_count(tmp_path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import popgym_tasks
+    import report
+
+    shared = report.config(popgym_tasks.entry("ppo_attn", "plain", 1e3))
+    memory = {}
+    for task in ["RepeatFirstEasy", "AutoencodeEasy", "HigherLowerEasy", "NoisyPositionOnlyCartPoleEasy",
+                 "PositionOnlyPendulumEasy", "MineSweeperEasy"]:  # fmt: skip
+        own = report.config(popgym_tasks.tuned(f"popgym-{task}-v0", 1e3))
+        assert {k: own[k] for k in shared} == shared  # only AttnPPO's memory arguments differ
+        memory[task] = {k: v for k, v in own.items() if k not in shared}
+    assert memory["RepeatFirstEasy"] == {"shared_transformer": "False", "context_len": "64", "start_bias": "True"}
+    assert memory["AutoencodeEasy"] == {} and memory["NoisyPositionOnlyCartPoleEasy"] == {"prev_action": "True"}
+    with pytest.raises(SystemExit, match="no popgym-RepeatPreviousEasy-v0 entry"):
+        popgym_tasks.tuned("popgym-RepeatPreviousEasy-v0", 1e3)
+
+    hyperparams = report.config(popgym_tasks.tuned("popgym-RepeatFirstEasy-v0", 1e3))
+    environment = {"sb3-attn-ac": __version__, "gymnasium": gym.__version__}
+    run = {"algo": "ppo_attn", "env": "popgym-RepeatFirstEasy-v0", "budget": 1000, "timesteps": [1000],
+           "eval_mean": [0.7], "wall_s": 1.0, "hyperparams": hyperparams, "environment": environment}  # fmt: skip
+    rows = [{**run, "seed": s} for s in range(3)]
+    out = tmp_path / "popgym_rows.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "popgym_tasks.py"), "--aggregate-only", "--budget", "1e3",
+           "--tasks", "RepeatFirstEasy", "--out", str(out)]  # fmt: skip
+    plain = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0 and "AttnPPO" not in plain.stdout  # not the default entry's runs
+    tuned = subprocess.run([*cmd, "--tuned"], capture_output=True, text=True, timeout=300)
+    lines = [line for line in tuned.stdout.splitlines() if "RepeatFirst" in line]
+    assert len(lines) == 1 and "| AttnPPO own entry per task | 3 |" in lines[0] and "0.70, 0.70, 0.70" in lines[0]
+    assert (tmp_path / "popgym_rows_tuned_popgym-RepeatFirstEasy-v0.png").exists()
+    wrong = subprocess.run([*cmd, "--tuned", "--attn-args", "prev_action=True"], capture_output=True, text=True)
+    assert wrong.returncode != 0 and "--tuned: the per-task entries are for plain observations" in wrong.stderr
+
+
 def test_popgym_observations_are_popgyms_baseline_wrappers_on_a_made_env() -> None:
     pytest.importorskip("popgym")
     sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -49,6 +49,19 @@ def test_train_then_enjoy(tmp_path, algo: str, env_id: str) -> None:
     zoo.main(["enjoy", "--algo", algo, "--env", env_id, "-f", str(tmp_path), "--no-render", "-n", "60"])
 
 
+def test_popgym_entry_trains_and_enjoys_through_the_zoo(tmp_path) -> None:
+    pytest.importorskip("popgym")
+    env_id = "popgym-MineSweeperEasy-v0"  # its own entry: previous action, an actor transformer of its own
+    args = train_args("ppo_attn", env_id, tmp_path, "-n", "256", "--gym-packages", "popgym")
+    run_zoo(*args, "-params", "n_steps:16", "batch_size:32", cwd=tmp_path)
+    config = saved_config(tmp_path / "ppo_attn" / f"{env_id}_1" / env_id / "config.yml")
+    assert config["prev_action"] is True and config["shared_transformer"] is False and config["n_envs"] == 8
+    model = AttnPPO.load(tmp_path / "ppo_attn" / f"{env_id}_1" / f"{env_id}.zip")
+    assert model.policy.prev_action and model.policy.actor_encoder is not None
+    run_zoo("enjoy", "--algo", "ppo_attn", "--env", env_id, "-f", str(tmp_path), "--no-render", "-n", "40",
+            "--gym-packages", "popgym", cwd=tmp_path)  # fmt: skip
+
+
 def test_console_entry_points_and_subproc_envs(tmp_path) -> None:
     out = run_zoo(*train_args("ppo_attn", "CartPole-v1", tmp_path, "-n", "128", "--vec-env", "subproc"), "-params",
                   "n_envs:2", "n_steps:32", "batch_size:32", "n_epochs:1", cwd=tmp_path)  # fmt: skip
