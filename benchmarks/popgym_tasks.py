@@ -90,7 +90,7 @@ def tuned(env_id: str, budget: float) -> dict[str, Any]:
     own = report.hyperparams("ppo_attn", env_id)
     shared = report.config(entry("ppo_attn", "plain", budget))
     differs = sorted(k for k, v in shared.items() if k != "n_timesteps" and str(own.get(k)) != v)
-    if "actor_context" not in own or differs:
+    if differs:  # also where the yml has no entry for the env (report.hyperparams then gives "default")
         raise SystemExit(f"--tuned: hyperparams/ppo_attn.yml has no {env_id} entry with the shared settings ({differs})")
     return {**own, "n_timesteps": budget}
 
@@ -131,9 +131,10 @@ def main() -> None:
     for task in args.tasks:
         env_id = f"popgym-{task}-v0"
         for algo in args.algos:
-            own = args.tuned and algo == "ppo_attn"
-            args_entry = entry(algo, args.observations, args.budget, attn_args)
-            entries[algo, env_id] = tuned(env_id, args.budget) if own else args_entry
+            if args.tuned and algo == "ppo_attn":
+                entries[algo, env_id] = tuned(env_id, args.budget)
+            else:
+                entries[algo, env_id] = entry(algo, args.observations, args.budget, attn_args)
     # A run belongs to these entries if it ran with exactly their hyperparameters (a changed entry runs again).
     rows = report.ran_under(report.read_rows(args.out), args.version, args.gymnasium)
     rows = [r for r in rows if r["hyperparams"] == report.config(entries.get((r["algo"], r["env"]), {}))]
@@ -148,7 +149,7 @@ def main() -> None:
                 report.record_run(args.out, row, f"{algo} {env_id} seed {seed}", decimals=2)
     label = "own entry per task" if args.tuned else " ".join(args.attn_args)
     rows = [{**r, "algo": f"AttnPPO {label}"} if r["algo"] == "ppo_attn" and label else r for r in rows]
-    rows = [r for r in rows if r["seed"] in args.seeds and r["env"] in {f"popgym-{t}-v0" for t in args.tasks}]
+    rows = [r for r in rows if r["seed"] in args.seeds]  # the tasks' rows only: entries are per (algo, task)
     prefix = args.out.stem if args.observations == "plain" else f"{args.out.stem}_{args.observations}_observations"
     prefix += "_tuned" if args.tuned else ""
     print(report.aggregate(rows, args.out.parent, prefix=prefix, decimals=2))
