@@ -27,8 +27,11 @@ ran; a hyperparameter set to the algorithm's default counts as left out), so a c
     python benchmarks/ablations.py --envs PendulumNoVel-v1 --optuna-trials 11 8 --seeds 102 103 104
 
 ``--optuna-trials`` adds, as variants named ``optuna trial <N>``, trials of the study that ``optimize.py`` exported
-(``results/optuna_<algo>_<env>.json``): the trial's hyperparameters as rl-zoo3's ``-optimize`` trained it (its
-sampled values over the entry; the sampler's ``policy_kwargs`` replace the entry's).
+(``results/optuna_<algo>_<env>[_<--optuna-study>].json``): the trial's hyperparameters as rl-zoo3's ``-optimize``
+trained it (its sampled values over the entry; in rl-zoo3's search space the sampler's ``policy_kwargs`` replace the
+entry's).
+
+    python benchmarks/ablations.py --envs PendulumNoVel-v1 --optuna-study attention3 --optuna-trials 5 --seeds 103 104
 """
 
 import argparse
@@ -43,9 +46,9 @@ import gymnasium as gym
 import report
 import rl_zoo3.import_envs  # noqa: F401  (registers the NoVel envs)
 from gymnasium import spaces
-from rl_zoo3.hyperparams_opt import convert_onpolicy_params
 
 import sb3_attn_ac
+from sb3_attn_ac import zoo
 
 DEFAULT_LEARNING_RATE = {"ppo_attn": 3e-4, "a2c_attn": 7e-4}  # PPO's and A2C's
 
@@ -138,22 +141,28 @@ def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict
 
 
 def optuna_variants(study: Path, numbers: list[int]) -> dict[str, dict]:
-    """The hyperparameter overrides of trials ``numbers`` of an exported study, as rl-zoo3's ``-optimize`` set them
-    over the entry (its converter of sampled values; ``policy_kwargs`` written as an entry writes them).
+    """The hyperparameter overrides of trials ``numbers`` of an exported study, as ``attn-zoo -optimize`` set them
+    over the entry (the study's search space's converter of sampled values; ``policy_kwargs`` written as an entry
+    writes them).
 
     :param study: JSON file written by ``benchmarks/optimize.py``
     :param numbers: trial numbers
     """
-    trials = {t["number"]: t for t in json.loads(study.read_text())["trials"]}
+    if not numbers:
+        return {}
+    exported = json.loads(study.read_text())
+    trials = {t["number"]: t for t in exported["trials"]}
     missing = sorted(set(numbers) - set(trials))
     if missing:
         raise SystemExit(f"--optuna-trials: {missing} not in {study} (trials {min(trials)}-{max(trials)})")
+    convert = zoo.converter(exported.get("space", "zoo"))  # studies before --search-space sampled rl-zoo3's
     out = {}
     for number in numbers:
-        hyperparams = convert_onpolicy_params(trials[number]["params"])
-        policy_kwargs = hyperparams.pop("policy_kwargs")
-        net_arch, activation = policy_kwargs["net_arch"], policy_kwargs["activation_fn"].__name__
-        hyperparams["policy_kwargs"] = f"dict(net_arch={net_arch}, activation_fn=nn.{activation})"
+        hyperparams = convert(trials[number]["params"])
+        if "policy_kwargs" in hyperparams:
+            policy_kwargs = hyperparams.pop("policy_kwargs")
+            net_arch, activation = policy_kwargs["net_arch"], policy_kwargs["activation_fn"].__name__
+            hyperparams["policy_kwargs"] = f"dict(net_arch={net_arch}, activation_fn=nn.{activation})"
         out[f"optuna trial {number}"] = hyperparams
     return out
 
@@ -165,6 +174,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", help="run only these variants (default: all)")
     parser.add_argument("--optuna-trials", type=int, nargs="+", default=[], help="add these trials of the env's study")
+    parser.add_argument("--optuna-study", help="the study's name suffix (optimize.py --name)")
     parser.add_argument("--logs", type=Path, default=Path("logs/ablations"))
     parser.add_argument("--aggregate-only", action="store_true")
     parser.add_argument("--version", default=sb3_attn_ac.__version__, help="aggregate the rows of this package version")
@@ -182,7 +192,8 @@ def main() -> None:
     labelled = []
     for env_id in args.envs:
         entry = report.hyperparams(algo, env_id)
-        trials = optuna_variants(report.RESULTS / f"optuna_{algo}_{env_id}.json", args.optuna_trials)
+        study = "_".join(filter(None, ["optuna", algo, env_id, args.optuna_study]))
+        trials = optuna_variants(report.RESULTS / f"{study}.json", args.optuna_trials)
         for name, overrides in {**variants(entry, env_id, algo), **trials}.items():
             if args.variants and name not in args.variants and name not in trials:
                 continue

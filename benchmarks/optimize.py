@@ -3,16 +3,22 @@ journal file), each its own process with its own env seed (tuning seeds, never t
 themselves are not seeded, as rl-zoo3 does), then the study's search space and every trial written to
 ``--out`` as JSON with the budget, seeds, versions and hardware.
 
-The search space is ``attn-zoo``'s: rl-zoo3's PPO (or A2C) sampler plus the attention arguments
-(``sb3_attn_ac.zoo.sample_attention_params``); the zoo entry's other hyperparameters stay fixed. Each trial trains
-for ``--budget`` steps and is evaluated ``--evaluations`` times (``--eval-episodes`` deterministic episodes); its
-value is the last evaluation's mean return, and rl-zoo3's median pruner stops trials below the median early.
+The search space is ``attn-zoo``'s (``--search-space``): ``zoo``, rl-zoo3's PPO (or A2C) sampler plus the attention
+arguments (``sb3_attn_ac.zoo.sample_attention_params``), or ``attention``, the attention arguments alone; the zoo
+entry's other hyperparameters stay fixed. Each trial trains ``--runs-per-trial`` times (env seeds the worker's
+seed, seed + 1, ...) for ``--budget`` steps, each run evaluated ``--evaluations`` times (``--eval-episodes``
+deterministic episodes); its value is the mean of the runs' last evaluations, and rl-zoo3's median pruner stops
+trials below the median early (on their first run's evaluations). In the ``attention`` space a new study's first
+trial is the entry's own attention arguments, so the entry is measured beside the trials on the same seeds.
 Resumable: running the command again adds trials to the same study (``--storage``).
 
     python benchmarks/optimize.py --algo ppo_attn --env PendulumNoVel-v1 --trials-per-worker 10
+    python benchmarks/optimize.py --env PendulumNoVel-v1 --search-space attention --runs-per-trial 3 \\
+        --seeds 100 110 --trials-per-worker 10 --name attention3
 """
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -23,6 +29,8 @@ from pathlib import Path
 import common
 import optuna
 import report
+
+from sb3_attn_ac import zoo
 
 
 def export(study: optuna.Study, meta: dict) -> dict:
@@ -48,12 +56,38 @@ def export(study: optuna.Study, meta: dict) -> dict:
     return {**meta, "search_space": space, "n_trials": len(trials), "best": complete[:5], "trials": trials}
 
 
+def enqueue_entry(storage: Path, name: str, algo: str, entry: dict) -> None:
+    """Make a new study's first trial the entry's own attention arguments (its values, else the algorithm's
+    defaults), so the study measures the entry beside its trials, on the same seeds.
+
+    :param storage: the study's Optuna journal file
+    :param name: study name
+    :param algo: ``ppo_attn`` or ``a2c_attn``
+    :param entry: the algorithm's zoo entry for the study's env
+    """
+    backend = optuna.storages.journal.JournalFileBackend(str(storage))
+    study = optuna.create_study(
+        storage=optuna.storages.JournalStorage(backend), study_name=name, direction="maximize", load_if_exists=True
+    )
+    if study.trials:
+        return
+    defaults = inspect.signature(zoo.ALGOS[algo]).parameters
+    params = {k: entry.get(k, defaults[k].default) for k in zoo.ATTENTION_SPACE}
+    outside = {k: v for k, v in params.items() if v not in zoo.ATTENTION_SPACE[k]}
+    if outside:
+        raise SystemExit(f"the entry's {outside} lie outside the attention search space {zoo.ATTENTION_SPACE}")
+    study.enqueue_trial(params)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algo", choices=["ppo_attn", "a2c_attn"], default="ppo_attn")
     parser.add_argument("--env", default="PendulumNoVel-v1")
     parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101], help="one env seed per worker")
     parser.add_argument("--trials-per-worker", type=int, default=10)
+    parser.add_argument("--runs-per-trial", type=int, default=1, help="seeds per trial (see attn-zoo's --runs-per-trial)")
+    parser.add_argument("--search-space", choices=zoo.SEARCH_SPACES, default="zoo")
+    parser.add_argument("--name", help="study name suffix: the study is <algo>_<env>[_<name>]")
     parser.add_argument("--budget", type=float, help="timesteps per trial (default: the zoo entry's)")
     parser.add_argument("--evaluations", type=int, default=4, help="evaluations per trial (the pruner's checkpoints)")
     parser.add_argument("--eval-episodes", type=int, default=10)
@@ -61,11 +95,13 @@ def main() -> None:
     parser.add_argument("--storage", type=Path, help="Optuna journal file (default: <logs>/<algo>_<env>.log)")
     parser.add_argument("--out", type=Path, help="default: results/optuna_<algo>_<env>.json")
     args = parser.parse_args()
-    name = f"{args.algo}_{args.env}"
+    name = f"{args.algo}_{args.env}" + (f"_{args.name}" if args.name else "")
     storage = args.storage or args.logs / f"{name}.log"
     storage.parent.mkdir(parents=True, exist_ok=True)
     entry = report.hyperparams(args.algo, args.env)
     budget = int(args.budget or float(entry["n_timesteps"]))
+    if args.search_space == "attention":
+        enqueue_entry(storage, name, args.algo, entry)
 
     start = time.perf_counter()
     workers, logs = [], []
@@ -73,7 +109,8 @@ def main() -> None:
         command = [sys.executable, "-m", "sb3_attn_ac.zoo", "train", "--algo", args.algo, "--env", args.env,
                    "-optimize", "--n-trials", str(args.trials_per_worker), "--storage", str(storage), "--study-name",
                    name, "--seed", str(seed), "-n", str(budget), "--n-evaluations", str(args.evaluations),
-                   "--eval-episodes", str(args.eval_episodes), "-f", str(args.logs / f"seed{seed}"),
+                   "--eval-episodes", str(args.eval_episodes), "-f", str(args.logs / f"{name}_seed{seed}"),
+                   "--runs-per-trial", str(args.runs_per_trial), "--search-space", args.search_space,
                    "--verbose", "0"]  # fmt: skip
         logs.append((args.logs / f"{name}_seed{seed}.out").open("w"))
         workers.append(subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=logs[-1], stderr=logs[-1]))
@@ -87,6 +124,7 @@ def main() -> None:
     backend = optuna.storages.journal.JournalFileBackend(str(storage))
     study = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(backend))
     meta = {"algo": args.algo, "env": args.env, "seeds": args.seeds, "workers": len(args.seeds), "budget": budget,
+            "space": args.search_space, "runs_per_trial": args.runs_per_trial,
             "evaluations": args.evaluations, "eval_episodes": args.eval_episodes, "entry": report.config(entry),
             "wall_s_last_session": wall,
             "environment": common.environment()}  # fmt: skip

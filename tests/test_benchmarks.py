@@ -112,6 +112,24 @@ def test_optuna_export_keeps_the_search_space_every_trial_and_the_best_first() -
     json.dumps(result)  # JSON-ready
 
 
+def test_attention_study_starts_with_the_entry(tmp_path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import optimize
+    import optuna
+
+    storage = tmp_path / "study.log"
+    entry = {"n_envs": 4, "actor_context": True, "prev_action": True, "context_len": 8}
+    optimize.enqueue_entry(storage, "s", "ppo_attn", entry)
+    optimize.enqueue_entry(storage, "s", "ppo_attn", entry)  # resuming adds nothing
+    backend = optuna.storages.journal.JournalFileBackend(str(storage))
+    (trial,) = optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(backend)).trials
+    assert trial.system_attrs["fixed_params"] == {
+        "context_len": 8, "n_layers": 1, "d_model": 32, "ct_coef": 0.1, "mask_ratio": 0.15, "actor_context": True,
+        "prev_action": True, "start_bias": False, "position_encoding": "relative"}  # fmt: skip
+    with pytest.raises(SystemExit, match="'context_len': 64} lie outside"):
+        optimize.enqueue_entry(tmp_path / "other.log", "s", "ppo_attn", {"context_len": 64})
+
+
 def test_ablation_variant_of_an_optuna_trial_is_what_rl_zoo3_trained(tmp_path) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import ablations
@@ -127,6 +145,9 @@ def test_ablation_variant_of_an_optuna_trial_is_what_rl_zoo3_trained(tmp_path) -
                          "context_len": 8, "policy_kwargs": policy_kwargs}  # fmt: skip
     with pytest.raises(SystemExit, match="--optuna-trials: \\[4\\] not in"):
         ablations.optuna_variants(study, [3, 4])
+    # A study of the attention arguments alone (attn-zoo --search-space attention) stores them as they were trained.
+    study.write_text(json.dumps({"space": "attention", "trials": [{"number": 0, "params": {"context_len": 8}}]}))
+    assert ablations.optuna_variants(study, [0]) == {"optuna trial 0": {"context_len": 8}}
 
 
 def test_popgym_runs_count_only_for_the_entries_they_ran_with(tmp_path) -> None:

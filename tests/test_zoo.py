@@ -116,6 +116,43 @@ def test_optimize_two_trials(tmp_path) -> None:
     assert reports
 
 
+def test_optimize_trains_each_trial_on_several_seeds_in_the_attention_space(tmp_path) -> None:
+    storage = tmp_path / "study.log"
+    zoo.main(train_args("ppo_attn", "CartPole-v1", tmp_path, "-n", "128", "-optimize", "--n-trials", "2",
+                        "--storage", str(storage), "--study-name", "s", "--sampler", "random", "--pruner", "none",
+                        "--n-evaluations", "1", "--eval-episodes", "2", "--no-optim-plots", "--runs-per-trial", "3",
+                        "--search-space", "attention", "-params", "n_envs:1", "n_steps:64", "batch_size:64"))  # fmt: skip
+    study = optuna.load_study(
+        study_name="s", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage)))
+    )
+    assert len(study.trials) == 2
+    for trial in study.trials:
+        assert set(trial.params) == set(zoo.sample_attention_params(optuna.trial.FixedTrial(trial.params)))
+        runs = trial.user_attrs["run_values"]
+        assert len(runs) == 3 and trial.value == pytest.approx(sum(runs) / 3)
+        assert trial.intermediate_values == {1: runs[0]}  # the pruner sees the first run's evaluation
+    zoo.register()  # back to rl-zoo3's search space for the other tests
+    from rl_zoo3.hyperparams_opt import HYPERPARAMS_SAMPLER
+
+    assert HYPERPARAMS_SAMPLER["ppo_attn"] is zoo.sample_ppo_attn_params
+
+
+def test_optimize_flags_are_checked(tmp_path) -> None:
+    args = train_args("ppo_attn", "CartPole-v1", tmp_path, "-optimize", "--n-jobs", "2", "--runs-per-trial", "2")
+    with pytest.raises(ValueError, match="--runs-per-trial 2 needs --n-jobs 1, got 2"):
+        zoo.main(args)
+    with pytest.raises(SystemExit):
+        zoo.optimize_args(["train", "--runs-per-trial", "0"])
+    with pytest.raises(SystemExit):
+        zoo.optimize_args(["train", "--search-space", "rl"])
+    with pytest.raises(SystemExit):
+        zoo.optimize_args(["enjoy", "--runs-per-trial", "2"])
+    ours, rest = zoo.optimize_args(["train", "--algo", "ppo_attn", "--runs-per-trial", "2", "--seed", "3"])
+    assert (ours.runs_per_trial, ours.search_space, rest) == (2, "zoo", ["train", "--algo", "ppo_attn", "--seed", "3"])
+    with pytest.raises(ValueError, match="search_space must be one of"):
+        zoo.register("rl")
+
+
 def test_two_workers_share_one_study(tmp_path) -> None:
     storage = tmp_path / "study.log"  # Optuna journal file: several processes on one machine
     args = train_args("a2c_attn", "CartPole-v1", tmp_path / "logs", "-n", "128", "-optimize", "--n-trials", "2",
