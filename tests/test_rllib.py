@@ -34,10 +34,12 @@ SMALL = dict(context_len=4, n_layers=2, d_model=16, policy_kwargs=dict(net_arch=
 
 
 def small_config(env_id: str | type = "CartPole-v1", **kwargs) -> AttnPPOConfig:
-    """A tiny config: sequences of 5 steps, fragments of 12 steps in each of 2 envs per runner."""
+    """A tiny config: sequences of 5 steps, fragments of 12 steps in each of 2 envs per runner; seeded, so what the
+    episodes do (how many end inside a rollout, how many run across several) is the same in every run."""
     return (
         attn_ppo_config(**{**SMALL, "max_seq_len": 5, **kwargs})
         .environment(env_id)
+        .debugging(seed=0)
         .env_runners(num_env_runners=0, num_envs_per_env_runner=2, rollout_fragment_length=12)
         .training(train_batch_size_per_learner=48, minibatch_size=24, num_epochs=1)
     )
