@@ -35,14 +35,12 @@ entry's).
 """
 
 import argparse
-import functools
-import inspect
 import json
-from collections.abc import Mapping
 from pathlib import Path
 
 import common  # one torch thread; must come first  # noqa: F401
 import gymnasium as gym
+import optimize
 import report
 import rl_zoo3.import_envs  # noqa: F401  (registers the NoVel envs)
 from gymnasium import spaces
@@ -53,16 +51,10 @@ from sb3_attn_ac import zoo
 DEFAULT_LEARNING_RATE = {"ppo_attn": 3e-4, "a2c_attn": 7e-4}  # PPO's and A2C's
 
 
-@functools.cache
-def constructor_defaults(algo: str) -> Mapping[str, inspect.Parameter]:
-    """The arguments of ``algo``'s class, with their defaults."""
-    return inspect.signature(sb3_attn_ac.AttnPPO if algo == "ppo_attn" else sb3_attn_ac.AttnA2C).parameters
-
-
 def run_key(algo: str, env_id: str, seed: int, hyperparams: dict[str, str]) -> tuple[str, int, str]:
     """What identifies a run: env, seed and the hyperparameters as rows record them (:func:`canonical`), less those set
     to the algorithm's own default (an entry that spells out a default trains exactly as one that leaves it out)."""
-    defaults = constructor_defaults(algo)
+    defaults = report.constructor_defaults(algo)
     kept = {k: canonical(v) for k, v in hyperparams.items() if k not in defaults or str(defaults[k].default) != v}
     return env_id, seed, json.dumps(kept, sort_keys=True)
 
@@ -192,8 +184,8 @@ def main() -> None:
     labelled = []
     for env_id in args.envs:
         entry = report.hyperparams(algo, env_id)
-        study = "_".join(filter(None, ["optuna", algo, env_id, args.optuna_study]))
-        trials = optuna_variants(report.RESULTS / f"{study}.json", args.optuna_trials)
+        study = report.RESULTS / f"optuna_{optimize.study_name(algo, env_id, args.optuna_study)}.json"
+        trials = optuna_variants(study, args.optuna_trials)
         for name, overrides in {**variants(entry, env_id, algo), **trials}.items():
             if args.variants and name not in args.variants and name not in trials:
                 continue

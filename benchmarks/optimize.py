@@ -18,7 +18,6 @@ Resumable: running the command again adds trials to the same study (``--storage`
 """
 
 import argparse
-import inspect
 import json
 import os
 import subprocess
@@ -56,6 +55,17 @@ def export(study: optuna.Study, meta: dict) -> dict:
     return {**meta, "search_space": space, "n_trials": len(trials), "best": complete[:5], "trials": trials}
 
 
+def study_name(algo: str, env_id: str, suffix: str | None = None) -> str:
+    """The study's name, ``<algo>_<env>[_<suffix>]`` (its journal is ``<name>.log``, its export
+    ``results/optuna_<name>.json``).
+
+    :param algo: ``ppo_attn`` or ``a2c_attn``
+    :param env_id: the study's env
+    :param suffix: ``--name``, to keep several studies of one (algo, env)
+    """
+    return f"{algo}_{env_id}" + (f"_{suffix}" if suffix else "")
+
+
 def enqueue_entry(storage: Path, name: str, algo: str, entry: dict) -> None:
     """Make a new study's first trial the entry's own attention arguments (its values, else the algorithm's
     defaults), so the study measures the entry beside its trials, on the same seeds.
@@ -71,7 +81,7 @@ def enqueue_entry(storage: Path, name: str, algo: str, entry: dict) -> None:
     )
     if study.trials:
         return
-    defaults = inspect.signature(zoo.ALGOS[algo]).parameters
+    defaults = report.constructor_defaults(algo)
     params = {k: entry.get(k, defaults[k].default) for k in zoo.ATTENTION_SPACE}
     outside = {k: v for k, v in params.items() if v not in zoo.ATTENTION_SPACE[k]}
     if outside:
@@ -95,7 +105,7 @@ def main() -> None:
     parser.add_argument("--storage", type=Path, help="Optuna journal file (default: <logs>/<algo>_<env>.log)")
     parser.add_argument("--out", type=Path, help="default: results/optuna_<algo>_<env>.json")
     args = parser.parse_args()
-    name = f"{args.algo}_{args.env}" + (f"_{args.name}" if args.name else "")
+    name = study_name(args.algo, args.env, args.name)
     storage = args.storage or args.logs / f"{name}.log"
     storage.parent.mkdir(parents=True, exist_ok=True)
     entry = report.hyperparams(args.algo, args.env)

@@ -19,12 +19,14 @@ only for the package version that ran them (``--gymnasium`` / ``--version`` show
 """
 
 import argparse
+import functools
+import inspect
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import common  # one torch thread; must come first
@@ -46,6 +48,12 @@ ZOO_HYPERPARAMS = Path(zoo.__file__).parent / "hyperparams"
 # Returns whose first reach the report states (steps to the first evaluation at or above it).
 REACH = {"CartPole-v1": 475, "CartPoleNoVel-v1": 475}
 NAMES = {"a2c": "A2C", "a2c_attn": "AttnA2C", "ppo": "PPO", "ppo_attn": "AttnPPO", "ppo_lstm": "RecurrentPPO"}
+
+
+@functools.cache
+def constructor_defaults(algo: str) -> Mapping[str, inspect.Parameter]:
+    """The arguments of our algorithm ``algo``'s class, with their defaults."""
+    return inspect.signature(zoo.ALGOS[algo]).parameters
 
 
 def hyperparams(algo: str, env_id: str) -> dict:
