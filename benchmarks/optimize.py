@@ -4,12 +4,14 @@ themselves are not seeded, as rl-zoo3 does), then the study's search space and e
 ``--out`` as JSON with the budget, seeds, versions and hardware.
 
 The search space is ``attn-zoo``'s (``--search-space``): ``zoo``, rl-zoo3's PPO (or A2C) sampler plus the attention
-arguments (``sb3_attn_ac.zoo.sample_attention_params``), or ``attention``, the attention arguments alone; the zoo
-entry's other hyperparameters stay fixed. Each trial trains ``--runs-per-trial`` times (env seeds the worker's
-seed, seed + 1, ...) for ``--budget`` steps, each run evaluated ``--evaluations`` times (``--eval-episodes``
-deterministic episodes); its value is the mean of the runs' last evaluations, and rl-zoo3's median pruner stops
-trials below the median early (on their first run's evaluations). In the ``attention`` space a new study's first
-trial is the entry's own attention arguments, so the entry is measured beside the trials on the same seeds.
+arguments (``sb3_attn_ac.zoo.sample_attention_params``), ``attention``, the attention arguments alone, or ``rl``,
+the RL settings alone (``sb3_attn_ac.zoo.RL_SPACES``); the zoo entry's other hyperparameters stay fixed. Each
+trial trains ``--runs-per-trial`` times (env seeds the worker's seed, seed + 1, ...) for ``--budget`` steps, each
+run evaluated ``--evaluations`` times (``--eval-episodes`` deterministic episodes); its value is the mean of the
+runs' last evaluations. rl-zoo3's median pruner (``--pruner median``, the default) stops trials below the median
+early, on their first run's evaluations; ``--pruner none`` runs every trial to the end. In the ``attention`` and
+``rl`` spaces a new study's first trial is the entry's own values, so the entry is measured beside the trials on
+the same seeds.
 Resumable: running the command again adds trials to the same study (``--storage``).
 
     python benchmarks/optimize.py --algo ppo_attn --env PendulumNoVel-v1 --trials-per-worker 10
@@ -66,27 +68,43 @@ def study_name(algo: str, env_id: str, suffix: str | None = None) -> str:
     return f"{algo}_{env_id}" + (f"_{suffix}" if suffix else "")
 
 
-def enqueue_entry(storage: Path, name: str, algo: str, entry: dict) -> None:
-    """Make a new study's first trial the entry's own attention arguments (its values, else the algorithm's
-    defaults), so the study measures the entry beside its trials, on the same seeds.
+def entry_params(search_space: str, algo: str, entry: dict) -> dict:
+    """The entry's own values of a search space's parameters (the algorithm's defaults where it sets none).
+
+    :param search_space: ``attention`` or ``rl``
+    :param algo: ``ppo_attn`` or ``a2c_attn``
+    :param entry: the algorithm's zoo entry
+    """
+    space = zoo.ATTENTION_SPACE if search_space == "attention" else zoo.RL_SPACES[algo]
+    values = {**{k: p.default for k, p in report.constructor_defaults(algo).items()}, **entry}
+    if search_space == "rl":  # an entry's "lin_<value>" is the space's learning rate and schedule
+        rate = values["learning_rate"]
+        linear = isinstance(rate, str) and rate.startswith("lin_")
+        values["learning_rate"] = float(rate.removeprefix("lin_")) if linear else rate
+        values["lr_schedule"] = "linear" if linear else "constant"
+    params = {k: values[k] for k in space}
+    outside = {k: v for k, v in params.items() if v not in space[k]}
+    if outside:
+        raise SystemExit(f"the entry's {outside} lie outside the {search_space} search space {space}")
+    return params
+
+
+def enqueue_entry(storage: Path, name: str, algo: str, entry: dict, search_space: str = "attention") -> None:
+    """Make a new study's first trial the entry's own values of the search space's parameters, so the study
+    measures the entry beside its trials, on the same seeds.
 
     :param storage: the study's Optuna journal file
     :param name: study name
     :param algo: ``ppo_attn`` or ``a2c_attn``
     :param entry: the algorithm's zoo entry for the study's env
+    :param search_space: ``attention`` or ``rl``
     """
     backend = optuna.storages.journal.JournalFileBackend(str(storage))
     study = optuna.create_study(
         storage=optuna.storages.JournalStorage(backend), study_name=name, direction="maximize", load_if_exists=True
     )
-    if study.trials:
-        return
-    defaults = report.constructor_defaults(algo)
-    params = {k: entry.get(k, defaults[k].default) for k in zoo.ATTENTION_SPACE}
-    outside = {k: v for k, v in params.items() if v not in zoo.ATTENTION_SPACE[k]}
-    if outside:
-        raise SystemExit(f"the entry's {outside} lie outside the attention search space {zoo.ATTENTION_SPACE}")
-    study.enqueue_trial(params)
+    if not study.trials:
+        study.enqueue_trial(entry_params(search_space, algo, entry))
 
 
 def main() -> None:
@@ -99,6 +117,7 @@ def main() -> None:
     parser.add_argument("--search-space", choices=zoo.SEARCH_SPACES, default="zoo")
     parser.add_argument("--name", help="study name suffix: the study is <algo>_<env>[_<name>]")
     parser.add_argument("--budget", type=float, help="timesteps per trial (default: the zoo entry's)")
+    parser.add_argument("--pruner", choices=["median", "none"], default="median", help="rl-zoo3's --pruner")
     parser.add_argument("--evaluations", type=int, default=4, help="evaluations per trial (the pruner's checkpoints)")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--logs", type=Path, default=Path("logs/optuna"))
@@ -110,8 +129,8 @@ def main() -> None:
     storage.parent.mkdir(parents=True, exist_ok=True)
     entry = report.hyperparams(args.algo, args.env)
     budget = int(args.budget or float(entry["n_timesteps"]))
-    if args.search_space == "attention":
-        enqueue_entry(storage, name, args.algo, entry)
+    if args.search_space != "zoo":
+        enqueue_entry(storage, name, args.algo, entry, args.search_space)
 
     start = time.perf_counter()
     workers, logs = [], []
@@ -121,7 +140,7 @@ def main() -> None:
                    name, "--seed", str(seed), "-n", str(budget), "--n-evaluations", str(args.evaluations),
                    "--eval-episodes", str(args.eval_episodes), "-f", str(args.logs / f"{name}_seed{seed}"),
                    "--runs-per-trial", str(args.runs_per_trial), "--search-space", args.search_space,
-                   "--verbose", "0"]  # fmt: skip
+                   "--pruner", args.pruner, "--verbose", "0"]  # fmt: skip
         logs.append((args.logs / f"{name}_seed{seed}.out").open("w"))
         workers.append(subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=logs[-1], stderr=logs[-1]))
     for worker, log in zip(workers, logs, strict=True):
@@ -134,7 +153,7 @@ def main() -> None:
     backend = optuna.storages.journal.JournalFileBackend(str(storage))
     study = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(backend))
     meta = {"algo": args.algo, "env": args.env, "seeds": args.seeds, "workers": len(args.seeds), "budget": budget,
-            "space": args.search_space, "runs_per_trial": args.runs_per_trial,
+            "space": args.search_space, "runs_per_trial": args.runs_per_trial, "pruner": args.pruner,
             "evaluations": args.evaluations, "eval_episodes": args.eval_episodes, "entry": report.config(entry),
             "wall_s_last_session": wall,
             "environment": common.environment()}  # fmt: skip

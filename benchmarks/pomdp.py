@@ -12,6 +12,7 @@ the mean/std of 20 deterministic evaluation episodes, training FPS, wall time, v
 """
 
 import argparse
+import inspect
 import json
 import statistics
 import time
@@ -63,15 +64,25 @@ ZOO = {
         policy_kwargs=dict(ortho_init=False, activation_fn=nn.ReLU, net_arch=dict(pi=[64], vf=[64])),
     ),
 }
-# Our arguments on top of the shared ones: the package defaults with actor context, and what hyperparams/ppo_attn.yml
-# adds (README "Ablations"): the previous action in the token (0.3), on CartPoleNoVel-v1 advantages left unnormalised
-# (0.3), on PendulumNoVel-v1 the learning-rate annealing.
-ATTN = dict(actor_context=True, prev_action=True)
+# Our arguments on top of the shared ones: those AttnPPO's zoo entry sets (hyperparams/ppo_attn.yml, read by
+# ``attn_args``), and the RL settings that entry changes (README "Ablations"): on CartPoleNoVel-v1 advantages left
+# unnormalised (0.3), on PendulumNoVel-v1 the learning-rate annealing.
 ATTN_OVERRIDES = {
     "CartPoleNoVel-v1": dict(normalize_advantage=False),
     "PendulumNoVel-v1": dict(learning_rate=linear_schedule(1e-3)),
 }
 LSTM = dict(lstm_hidden_size=64, enable_critic_lstm=True)
+
+
+def attn_args(env_id: str) -> dict:
+    """The arguments of AttnPPO's zoo entry for ``env_id`` that PPO does not take (actor context, the previous
+    action, the transformer's).
+
+    :param env_id: one of ``ZOO``'s envs
+    """
+    ppo = inspect.signature(PPO).parameters
+    ours = report.constructor_defaults("ppo_attn")
+    return {k: v for k, v in report.hyperparams("ppo_attn", env_id).items() if k in ours and k not in ppo}
 
 
 def make_model(algo: str, env_id: str, seed: int, n_envs: int | None = None):
@@ -80,10 +91,16 @@ def make_model(algo: str, env_id: str, seed: int, n_envs: int | None = None):
     kwargs, policy_kwargs = dict(spec["kwargs"]), dict(spec["policy_kwargs"])
     if algo == "attn_ppo":
         kwargs.update(ATTN_OVERRIDES.get(env_id, {}))
-        return AttnPPO("MlpPolicy", env, seed=seed, policy_kwargs=policy_kwargs, **kwargs, **ATTN)
+        return AttnPPO("MlpPolicy", env, seed=seed, policy_kwargs=policy_kwargs, **kwargs, **attn_args(env_id))
     if algo == "recurrent_ppo":
         return RecurrentPPO("MlpLstmPolicy", env, seed=seed, policy_kwargs={**policy_kwargs, **LSTM}, **kwargs)
     return PPO("MlpPolicy", env, seed=seed, policy_kwargs=policy_kwargs, **kwargs)
+
+
+def attn_config(env_id: str) -> dict:
+    """What a result row records of AttnPPO's settings on ``env_id``."""
+    config = {"attn": attn_args(env_id), "attn_overrides": ATTN_OVERRIDES.get(env_id, {})}
+    return json.loads(json.dumps(config, default=repr))  # schedules by their repr
 
 
 def train_and_evaluate(algo: str, env_id: str, seed: int, timesteps: int) -> dict:
@@ -152,7 +169,8 @@ def main() -> None:
     if args.fps:
         for env_id in args.envs:
             fps = fps_side_by_side(env_id, args.algos, args.fps_steps, rounds=3)
-            row = {"kind": "fps", "env": env_id, "steps": args.fps_steps, "fps": fps, "environment": common.environment()}
+            row = {"kind": "fps", "env": env_id, "steps": args.fps_steps, "fps": fps, "attn_config": attn_config(env_id),
+                   "environment": common.environment()}  # fmt: skip
             print(json.dumps(row))
             report.append_row(args.out, row)
         return
@@ -165,7 +183,7 @@ def main() -> None:
                 if (algo, env_id, seed, args.timesteps) in done:
                     continue
                 row = {"kind": "run", **train_and_evaluate(algo, env_id, seed, args.timesteps)}
-                row["config"] = {"attn": ATTN, "attn_overrides": ATTN_OVERRIDES.get(env_id, {})} if algo == "attn_ppo" else {}
+                row["config"] = attn_config(env_id) if algo == "attn_ppo" else {}
                 row["environment"] = common.environment()
                 print(json.dumps({k: v for k, v in row.items() if k != "environment"}), flush=True)
                 report.append_row(args.out, row)

@@ -11,8 +11,10 @@ our ``hyperparams/<algo>.yml``.
 - ``--runs-per-trial N`` (default 1, rl-zoo3's behaviour): each trial trains N times, with env seeds ``--seed``,
   ``--seed`` + 1, ...; its value is the mean of the N runs' last evaluations (each run's in the trial's user
   attribute ``run_values``). rl-zoo3's pruner sees the first run's evaluations only; later runs are not pruned.
-- ``--search-space {zoo,attention}`` (default ``zoo``): ``zoo`` samples rl-zoo3's PPO / A2C space plus the
-  attention arguments; ``attention`` samples the attention arguments only, the entry's other settings fixed.
+- ``--search-space {zoo,attention,rl}`` (default ``zoo``): ``zoo`` samples rl-zoo3's PPO / A2C space plus the
+  attention arguments; ``attention`` samples the attention arguments only, the entry's other settings fixed;
+  ``rl`` samples the RL settings only (``RL_SPACES``: a grid around the zoo's tuned values, gamma down to 0.9),
+  the entry's attention arguments fixed.
 
     attn-zoo train --algo ppo_attn --env CartPoleNoVel-v1
     attn-zoo enjoy --algo ppo_attn --env CartPoleNoVel-v1 -f logs/ --no-render
@@ -23,6 +25,7 @@ our ``hyperparams/<algo>.yml``.
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ from sb3_attn_ac.ppo_attn import AttnPPO
 ALGOS = {"a2c_attn": AttnA2C, "ppo_attn": AttnPPO}
 HYPERPARAMS_DIR = Path(__file__).parent / "hyperparams"
 COMMANDS = ("train", "enjoy", "plot_train", "plot_from_file", "all_plots")
-SEARCH_SPACES = ("zoo", "attention")
+SEARCH_SPACES = ("zoo", "attention", "rl")
 
 
 ATTENTION_SPACE: dict[str, list] = {
@@ -48,6 +51,60 @@ ATTENTION_SPACE: dict[str, list] = {
     "start_bias": [False, True],
     "position_encoding": ["relative", "alibi"],
 }
+
+
+# The RL settings ``--search-space rl`` samples. ``lr_schedule`` "linear" anneals ``learning_rate`` to 0 (an entry's
+# "lin_<value>"). rl-zoo3's own samplers keep gamma >= 0.97 (Pendulum's tuned entries use 0.9) and draw n_steps
+# and the network, which the entries here fix.
+RL_SPACES: dict[str, dict[str, list]] = {
+    "ppo_attn": {
+        "batch_size": [32, 64, 128, 256],
+        "n_epochs": [5, 10, 20],
+        "learning_rate": [3e-4, 1e-3, 3e-3],
+        "lr_schedule": ["constant", "linear"],
+        "clip_range": [0.1, 0.2, 0.3],
+        "gae_lambda": [0.9, 0.95, 0.98],
+        "gamma": [0.9, 0.95, 0.98, 0.99],
+    },
+    "a2c_attn": {
+        "n_steps": [5, 8, 16, 32],
+        "learning_rate": [3e-4, 7e-4, 1e-3, 3e-3],
+        "lr_schedule": ["constant", "linear"],
+        "gae_lambda": [0.9, 0.95, 1.0],
+        "gamma": [0.9, 0.95, 0.98, 0.99],
+        "ent_coef": [0.0, 0.01],
+    },
+}
+
+
+def rl_hyperparams(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's sampled RL settings as a zoo entry writes them: ``lr_schedule`` folded into ``learning_rate``
+    ("lin_<value>" where it is linear).
+
+    :param params: values of ``RL_SPACES``' parameters
+    """
+    hyperparams = {k: v for k, v in params.items() if k != "lr_schedule"}
+    if params.get("lr_schedule") == "linear":
+        hyperparams["learning_rate"] = f"lin_{params['learning_rate']}"
+    return hyperparams
+
+
+def rl_sampler(algo: str) -> Callable[..., dict[str, Any]]:
+    """rl-zoo3 sampler of ``RL_SPACES[algo]`` (``--search-space rl``): the entry's attention arguments stay.
+
+    :param algo: ``ppo_attn`` or ``a2c_attn``
+    """
+
+    def sample_rl_params(trial: Any, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+        from rl_zoo3.utils import linear_schedule
+
+        params = {name: trial.suggest_categorical(name, choices) for name, choices in RL_SPACES[algo].items()}
+        hyperparams = rl_hyperparams(params)
+        if params["lr_schedule"] == "linear":
+            hyperparams["learning_rate"] = linear_schedule(params["learning_rate"])
+        return hyperparams
+
+    return sample_rl_params
 
 
 def sample_attention_params(trial: Any) -> dict[str, Any]:
@@ -74,15 +131,16 @@ def sample_attention_only(trial: Any, n_actions: int, n_envs: int, additional_ar
     return sample_attention_params(trial)
 
 
-def converter(search_space: str) -> Any:
+def converter(search_space: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """The function turning a stored trial's parameters back into hyperparameters (rl-zoo3's on-policy converter
-    for the ``zoo`` space; the ``attention`` space samples hyperparameters as they are).
+    for the ``zoo`` space, :func:`rl_hyperparams` for ``rl``; the ``attention`` space samples hyperparameters as
+    they are).
 
     :param search_space: one of ``SEARCH_SPACES``
     """
     from rl_zoo3.hyperparams_opt import convert_onpolicy_params
 
-    return convert_onpolicy_params if search_space == "zoo" else dict
+    return {"zoo": convert_onpolicy_params, "rl": rl_hyperparams}.get(search_space, dict)
 
 
 def register(search_space: str = "zoo") -> None:
@@ -97,6 +155,8 @@ def register(search_space: str = "zoo") -> None:
     utils.ALGOS.update(ALGOS)  # rl_zoo3.ALGOS is this same dict
     if search_space == "zoo":
         samplers = dict(a2c_attn=sample_a2c_attn_params, ppo_attn=sample_ppo_attn_params)
+    elif search_space == "rl":
+        samplers = {algo: rl_sampler(algo) for algo in ALGOS}
     else:
         samplers = dict(a2c_attn=sample_attention_only, ppo_attn=sample_attention_only)
     hyperparams_opt.HYPERPARAMS_SAMPLER.update(samplers)

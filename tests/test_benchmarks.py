@@ -126,8 +126,23 @@ def test_attention_study_starts_with_the_entry(tmp_path) -> None:
     assert trial.system_attrs["fixed_params"] == {
         "context_len": 8, "n_layers": 1, "d_model": 32, "ct_coef": 0.1, "mask_ratio": 0.15, "actor_context": True,
         "prev_action": True, "start_bias": False, "position_encoding": "relative"}  # fmt: skip
-    with pytest.raises(SystemExit, match="'context_len': 64} lie outside"):
+    with pytest.raises(SystemExit, match="'context_len': 64} lie outside the attention search space"):
         optimize.enqueue_entry(tmp_path / "other.log", "s", "ppo_attn", {"context_len": 64})
+
+
+def test_rl_study_starts_with_the_entry_rl_settings() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import optimize
+
+    entry = optimize.report.hyperparams("ppo_attn", "PendulumNoVel-v1")  # lin_1e-3, batch_size 128, gamma 0.9 ...
+    params = optimize.entry_params("rl", "ppo_attn", entry)
+    assert params == {"batch_size": 128, "n_epochs": 10, "learning_rate": 1e-3, "lr_schedule": "linear",
+                      "clip_range": 0.2, "gae_lambda": 0.95, "gamma": 0.9}  # fmt: skip
+    assert optimize.zoo.converter("rl")(params)["learning_rate"] == "lin_0.001"
+    # An A2C entry that sets nothing has the algorithm's defaults; a constant learning rate stays a number.
+    assert optimize.entry_params("rl", "a2c_attn", {"learning_rate": 1e-3})["lr_schedule"] == "constant"
+    with pytest.raises(SystemExit, match="'n_steps': 128} lie outside the rl search space"):
+        optimize.entry_params("rl", "a2c_attn", {"n_steps": 128})
 
 
 def test_ablation_variant_of_an_optuna_trial_is_what_rl_zoo3_trained(tmp_path) -> None:

@@ -137,6 +137,28 @@ def test_optimize_trains_each_trial_on_several_seeds_in_the_attention_space(tmp_
     assert HYPERPARAMS_SAMPLER["ppo_attn"] is zoo.sample_ppo_attn_params
 
 
+def test_optimize_in_the_rl_space_keeps_the_entry_attention_arguments(tmp_path) -> None:
+    storage = tmp_path / "study.log"
+    conf = tmp_path / "conf.yml"  # an entry with attention arguments of its own, which the rl space must not touch
+    conf.write_text("CartPole-v1:\n  n_envs: 1\n  n_timesteps: 128\n  policy: MlpPolicy\n  n_steps: 64\n"
+                    "  context_len: 4\n  actor_context: True\n")  # fmt: skip
+    zoo.main(train_args("ppo_attn", "CartPole-v1", tmp_path, "-optimize", "--n-trials", "3", "--storage", str(storage),
+                        "--study-name", "s", "--sampler", "random", "--pruner", "none", "--n-evaluations", "1",
+                        "--eval-episodes", "1", "--no-optim-plots", "--search-space", "rl", "-conf", str(conf)))  # fmt: skip
+    study = optuna.load_study(
+        study_name="s", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage)))
+    )
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    for trial in study.trials:
+        assert set(trial.params) == set(zoo.RL_SPACES["ppo_attn"])
+    trial = optuna.trial.FixedTrial({**study.trials[0].params, "lr_schedule": "linear", "learning_rate": 1e-3})
+    sampled = zoo.rl_sampler("ppo_attn")(trial, 2, 1, {})
+    assert "lr_schedule" not in sampled and "context_len" not in sampled
+    assert sampled["learning_rate"](1.0) == pytest.approx(1e-3) and sampled["learning_rate"](0.5) == pytest.approx(5e-4)
+    assert zoo.converter("rl")(trial.params)["learning_rate"] == "lin_0.001"  # as an entry writes it
+    zoo.register()
+
+
 def test_optimize_flags_are_checked(tmp_path) -> None:
     args = train_args("ppo_attn", "CartPole-v1", tmp_path, "-optimize", "--n-jobs", "2", "--runs-per-trial", "2")
     with pytest.raises(ValueError, match="--runs-per-trial 2 needs --n-jobs 1, got 2"):
@@ -144,13 +166,13 @@ def test_optimize_flags_are_checked(tmp_path) -> None:
     with pytest.raises(SystemExit):
         zoo.optimize_args(["train", "--runs-per-trial", "0"])
     with pytest.raises(SystemExit):
-        zoo.optimize_args(["train", "--search-space", "rl"])
+        zoo.optimize_args(["train", "--search-space", "lstm"])
     with pytest.raises(SystemExit):
         zoo.optimize_args(["enjoy", "--runs-per-trial", "2"])
     ours, rest = zoo.optimize_args(["train", "--algo", "ppo_attn", "--runs-per-trial", "2", "--seed", "3"])
     assert (ours.runs_per_trial, ours.search_space, rest) == (2, "zoo", ["train", "--algo", "ppo_attn", "--seed", "3"])
     with pytest.raises(ValueError, match="search_space must be one of"):
-        zoo.register("rl")
+        zoo.register("lstm")
 
 
 def test_two_workers_share_one_study(tmp_path) -> None:
