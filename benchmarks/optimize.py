@@ -78,10 +78,7 @@ def entry_params(search_space: str, algo: str, entry: dict) -> dict:
     space = zoo.ATTENTION_SPACE if search_space == "attention" else zoo.RL_SPACES[algo]
     values = {**{k: p.default for k, p in report.constructor_defaults(algo).items()}, **entry}
     if search_space == "rl":  # an entry's "lin_<value>" is the space's learning rate and schedule
-        rate = values["learning_rate"]
-        linear = isinstance(rate, str) and rate.startswith("lin_")
-        values["learning_rate"] = float(rate.removeprefix("lin_")) if linear else rate
-        values["lr_schedule"] = "linear" if linear else "constant"
+        values = zoo.rl_params(values)
     params = {k: values[k] for k in space}
     outside = {k: v for k, v in params.items() if v not in space[k]}
     if outside:

@@ -89,6 +89,21 @@ def rl_hyperparams(params: dict[str, Any]) -> dict[str, Any]:
     return hyperparams
 
 
+def rl_params(hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`rl_hyperparams`: an entry's ``learning_rate`` as the space's ``learning_rate`` and
+    ``lr_schedule`` ("lin_<value>" is linear, a number constant); the other hyperparameters as they are.
+
+    :param hyperparams: a zoo entry's hyperparameters (with ``learning_rate``)
+    """
+    rate = hyperparams["learning_rate"]
+    linear = isinstance(rate, str) and rate.startswith("lin_")
+    return {
+        **hyperparams,
+        "learning_rate": float(rate.removeprefix("lin_")) if linear else rate,
+        "lr_schedule": "linear" if linear else "constant",
+    }
+
+
 def rl_sampler(algo: str) -> Callable[..., dict[str, Any]]:
     """rl-zoo3 sampler of ``RL_SPACES[algo]`` (``--search-space rl``): the entry's attention arguments stay.
 
