@@ -176,6 +176,8 @@ def test_custom_rollout_buffer_class() -> None:
         (dict(prev_action="False"), "prev_action must be True or False, got 'False'"),  # a string from a config file
         (dict(actor_context=1), "actor_context must be True or False, got 1"),
         (dict(start_bias=True, position_encoding="absolute"), 'start_bias=True needs position_encoding="relative" or "alibi"'),
+        (dict(local_window=17), r"local_window must be None \(the whole window\) or an integer in \[1, context_len=16\]"),
+        (dict(local_window=2.0), r"local_window must be None .* got 2.0"),
         (dict(q_att_coef=1.0, actor_context=True, shared_transformer=False), "q_att_coef > 0 needs shared_transformer=True"),
         (dict(policy_kwargs=dict(context_len=8)), r"context_len in policy_kwargs: pass the attention arguments to AttnA2C"),
         (dict(policy_kwargs=dict(rtg_head=True)), r"rtg_head in policy_kwargs: .* with next_state_coef / rtg_coef"),

@@ -62,6 +62,7 @@ def test_cue_recall_needs_actor_context(actor_context: bool) -> None:
         dict(actor_context=True, shared_transformer=False),
         dict(actor_context=True, prev_action=True),
         dict(actor_context=True, shared_transformer=False, start_bias=True),
+        dict(actor_context=True, shared_transformer=False, start_bias=True, local_window=2),
         dict(actor_context=True, shared_transformer=False, position_encoding="alibi"),
     ],
 )
@@ -138,10 +139,13 @@ def test_context_changes_actions_and_evaluate_policy_works() -> None:
 
 def test_save_load_with_actor_context(tmp_path) -> None:
     env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
-    model = AttnPPO("MlpPolicy", env, actor_context=True, start_bias=True, position_encoding="alibi", **TINY).learn(64)
+    model = AttnPPO(
+        "MlpPolicy", env, actor_context=True, start_bias=True, position_encoding="alibi", local_window=2, **TINY
+    ).learn(64)
     model.save(tmp_path / "ppo.zip")
     loaded = AttnPPO.load(tmp_path / "ppo.zip", env=env)
     assert loaded.actor_context and loaded.policy.actor_context and loaded.policy.start_bias
+    assert loaded.local_window == 2 and loaded.policy.transformer.blocks[0].attn.local_window == 2
     assert loaded.policy.position_encoding == "alibi"
     offsets = model.policy.transformer.blocks[0].attn.offset_bias_raw
     assert th.equal(loaded.policy.transformer.blocks[0].attn.offset_bias_raw, offsets)
@@ -256,15 +260,16 @@ class RepeatFirstEnv(RepeatPreviousEnv):
         return 0
 
 
-@pytest.mark.parametrize("start_bias", [False, True])
-def test_recall_the_first_step_from_anywhere_in_a_long_window(start_bias: bool) -> None:
+@pytest.mark.parametrize(("start_bias", "local_window"), [(False, None), (True, None), (True, 4)])
+def test_recall_the_first_step_from_anywhere_in_a_long_window(start_bias: bool, local_window: int | None) -> None:
     """First-step recall over a 32-step window: the start bias learns to point a head at the episode's first step
-    within 16k steps (seeds 0-3: 0.81-0.91); with only the start embedding, the head has to learn a query that
-    matches it, and seeds 0-3 stay at 0.20-0.48 (chance 0.25)."""
+    within 16k steps (seeds 0-3: 0.81-0.91), also where beyond the last 4 steps the first step is the only key
+    (``local_window=4``: 0.68-0.85); with only the start embedding, the head has to learn a query that matches it, and
+    seeds 0-3 stay at 0.20-0.48 (chance 0.25)."""
     model = AttnPPO(
         "MlpPolicy", make_vec_env(RepeatFirstEnv, n_envs=8, seed=0), n_steps=32, batch_size=64, n_epochs=4,
         learning_rate=1e-3, context_len=32, seed=0, actor_context=True, start_bias=start_bias,
-        policy_kwargs=dict(net_arch=dict(pi=[32], vf=[32])),
+        local_window=local_window, policy_kwargs=dict(net_arch=dict(pi=[32], vf=[32])),
     )  # fmt: skip
     model.learn(16_000)
     mean, _ = evaluate_policy(model, make_vec_env(RepeatFirstEnv, n_envs=1, seed=7), n_eval_episodes=20)

@@ -105,6 +105,7 @@ def test_attention_arguments_have_attn_ppos_names_and_defaults() -> None:
         dict(actor_context="True"),
         dict(start_bias="True"),
         dict(start_bias=True, position_encoding="absolute"),
+        dict(local_window=0),
     ],
 )
 def test_bad_arguments_raise_attn_ppos_errors(kwargs) -> None:
@@ -194,6 +195,7 @@ def test_state_is_predicts_cache_and_actions_are_predicts() -> None:
         ("CartPole-v1", dict(actor_context=False)),
         ("CartPole-v1", dict(actor_context=True)),
         ("CartPole-v1", dict(actor_context=True, start_bias=True)),  # the first step's slot while acting
+        ("CartPole-v1", dict(actor_context=True, start_bias=True, local_window=2)),  # beyond 2 steps: the first only
         ("CartPole-v1", dict(actor_context=True, position_encoding="alibi")),  # nonzero offset biases from the start
         ("Pendulum-v1", dict(actor_context=True)),  # Box actions: mean and log std
         ("FrozenLake-v1", dict(actor_context=True)),  # Discrete observations, one-hot in the module; short episodes

@@ -14,19 +14,22 @@ def make_meta(starts: list[int], T: int) -> TokenMeta:
     return TokenMeta((step - last_start)[None], th.cumsum(is_start, 0)[None], th.ones(1, T, dtype=th.bool))
 
 
-def dense_allowed(meta: TokenMeta, K: int, causal: bool) -> th.Tensor:
+def dense_allowed(meta: TokenMeta, K: int, causal: bool, local_window: int | None = None) -> th.Tensor:
     ts, ep = meta.timesteps[0], meta.episode_ids[0]
     delta = ts[:, None] - ts[None, :]
     band = (delta >= 0) & (delta < K) if causal else delta.abs() < K
+    if local_window is not None:
+        band &= (delta.abs() < local_window) | (ts == 0)[None, :]
     return band & (ep[:, None] == ep[None, :])
 
 
 @pytest.mark.parametrize("T", [5, 37])  # one dense window, then chunks
 @pytest.mark.parametrize("causal", [True, False])
-def test_band_mask_matches_dense_definition(T: int, causal: bool) -> None:
+@pytest.mark.parametrize("local_window", [None, 2])
+def test_band_mask_matches_dense_definition(T: int, causal: bool, local_window: int | None) -> None:
     K = 6
     meta = make_meta([0, 3, 9, 20], T)
-    band = Band(meta, K, causal)
+    band = Band(meta, K, causal, local_window)
     # Scatter the chunked mask back to (T, T) and compare with the definition.
     got = th.zeros(T, T, dtype=th.bool)
     for c in range(band.n_chunks):
@@ -38,7 +41,7 @@ def test_band_mask_matches_dense_definition(T: int, causal: bool) -> None:
                 k = c * band.chunk + w - band.left
                 if 0 <= k < T and band.allowed[0, c, i, w]:
                     got[q, k] = True
-    assert th.equal(got, dense_allowed(meta, K, causal))
+    assert th.equal(got, dense_allowed(meta, K, causal, local_window))
 
 
 def random_transformer(D: int, n_layers: int, K: int) -> EpisodeTransformer:
@@ -111,6 +114,33 @@ def test_start_bias_points_every_step_at_its_episodes_first_step(T: int) -> None
     # Acting: the incremental pass, slot by slot, gives the same outputs.
     batched = model(x, Band(meta, K))
     cache = KVCache(th.zeros(1, 1, 2, K - 1, D // 2), th.zeros(1, 1, 2, K - 1, D // 2), th.zeros(1, K - 1, dtype=th.bool))
+    with th.no_grad():
+        for t in range(T):
+            out, cache = model.step(x[:, t], cache.reset(meta.timesteps[:, t] == 0), meta.timesteps[:, t])
+            assert th.allclose(out[0], batched[0, t], atol=1e-5), t
+
+
+@pytest.mark.parametrize("T", [14, 40])  # dense window, then chunks
+def test_local_window_keeps_the_first_step_and_the_last_steps(T: int) -> None:
+    """With a local window w < K a step attends to its last w steps and, up to K - 1 steps back, to its episode's
+    first step, to nothing else (whatever the biases); acting (the cache of K - 1 steps) gives the same outputs."""
+    K, w, D = 8, 3, 8
+    th.manual_seed(0)
+    model = EpisodeTransformer(D, n_layers=2, n_heads=2, context_len=K, dropout=0.0, start_bias=True, local_window=w)
+    for block in model.eval().blocks:
+        nn.init.normal_(block.attn.offset_bias_raw, std=0.3)
+        nn.init.normal_(block.attn.start_bias_raw, std=0.3)
+    starts = [0, 5, 20]
+    meta = make_meta(starts, T)
+    x = th.randn(1, T, D)
+    weights = model.attention_weights(x, model.band(meta))[0][0]  # (H, T, T)
+    for t in range(T):
+        first = max(s for s in starts if s <= t)
+        seen = {j for j in range(first, t + 1) if t - j < w} | ({first} if t - first < K else set())
+        assert set(weights[0, t].nonzero().flatten().tolist()) == seen, t
+    batched = model(x, model.band(meta))
+    zeros = th.zeros(2, 1, 2, K - 1, D // 2)
+    cache = KVCache(zeros, zeros.clone(), th.zeros(1, K - 1, dtype=th.bool))
     with th.no_grad():
         for t in range(T):
             out, cache = model.step(x[:, t], cache.reset(meta.timesteps[:, t] == 0), meta.timesteps[:, t])

@@ -93,6 +93,8 @@ class AttnA2C(AttnOnPolicyAlgorithm):
     :param start_bias: each attention head also learns a bias for its episode's first step (see
         :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`; needs ``position_encoding``
         ``"relative"`` or ``"alibi"``)
+    :param local_window: None, or w <= ``context_len``: beyond the last w steps each layer attends only to the
+        episode's first step (see :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -142,6 +144,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         shared_transformer: bool = True,
         prev_action: bool = False,
         start_bias: bool = False,
+        local_window: int | None = None,
         _init_setup_model: bool = True,
     ) -> None:
         super().__init__(
@@ -186,6 +189,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
             shared_transformer=shared_transformer,
             prev_action=prev_action,
             start_bias=start_bias,
+            local_window=local_window,
         )
         if self.env is not None:
             check_advantage_normalization(normalize_advantage, n_steps, self.n_envs, n_episodes)

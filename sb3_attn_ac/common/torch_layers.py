@@ -51,9 +51,13 @@ class Band:
     :param meta: (B, T) metadata of the tokens
     :param context_len: K, the attention window
     :param causal: True, False, or a (B,) bool tensor: per row, attend only to earlier tokens or both ways
+    :param local_window: w <= K: a key at least w steps away is allowed only if it is its episode's first step
+        (None: every key in the window)
     """
 
-    def __init__(self, meta: TokenMeta, context_len: int, causal: bool | th.Tensor = True) -> None:
+    def __init__(
+        self, meta: TokenMeta, context_len: int, causal: bool | th.Tensor = True, local_window: int | None = None
+    ) -> None:
         B, T = meta.timesteps.shape
         causal = th.full((B,), causal, device=meta.timesteps.device) if isinstance(causal, bool) else causal
         self.length = T
@@ -69,6 +73,8 @@ class Band:
         k_ts, k_ep, k_valid = (self.windows(m[:, None, :, None])[:, 0, ..., 0] for m in meta)  # (B, nC, W)
         delta = q_ts[..., :, None] - k_ts[..., None, :]  # (B, nC, C, W)
         in_band = (delta.abs() < context_len) & ((delta >= 0) | ~causal[:, None, None, None])
+        if local_window is not None:  # beyond the local window only the episode's first step
+            in_band &= (delta.abs() < local_window) | (k_ts == 0)[..., None, :]
         allowed = in_band & (q_ep[..., :, None] == k_ep[..., None, :]) & k_valid[..., None, :]
         # A padding query attends to everything so that no softmax row is empty; its output is discarded.
         self.allowed = allowed | ~q_valid[..., :, None]  # (B, nC, C, W)
@@ -141,12 +147,21 @@ class WindowAttention(nn.Module):
     :param start_bias: (with ``relative_positions``) also learn a bias per head for the episode's first step,
         stored scaled the same way, so a head can learn to read the first step from anywhere in the window as
         fast as it learns an offset
+    :param local_window: w <= K: keys at least w steps back are allowed only if they are the episode's first step
+        (None: every key in the window; see :class:`Band`)
     """
 
     OFFSET_BIAS_SCALE = 10.0
 
     def __init__(
-        self, d_model: int, n_heads: int, dropout: float, context_len: int, relative_positions: bool, start_bias: bool = False
+        self,
+        d_model: int,
+        n_heads: int,
+        dropout: float,
+        context_len: int,
+        relative_positions: bool,
+        start_bias: bool = False,
+        local_window: int | None = None,
     ) -> None:
         super().__init__()
         self.n_heads = n_heads
@@ -155,6 +170,7 @@ class WindowAttention(nn.Module):
         self.dropout = dropout
         self.resid_dropout = dropout_layer(dropout)
         self.context_len = context_len
+        self.local_window = local_window
         self.offset_bias_raw = nn.Parameter(th.zeros(n_heads, 2 * context_len - 1)) if relative_positions else None
         self.start_bias_raw = nn.Parameter(th.zeros(n_heads)) if relative_positions and start_bias else None
 
@@ -240,13 +256,17 @@ class WindowAttention(nn.Module):
         B, D = x.shape
         q, k, v = self.qkv(x).view(B, 3, self.n_heads, 1, D // self.n_heads).unbind(1)  # each (B, H, 1, d)
         keys, values = th.cat([keys, k], dim=2), th.cat([values, v], dim=2)
-        mask = F.pad(valid, (0, 1), value=True)[:, None, None]  # (B, 1, 1, K)
+        K = self.context_len
+        # Slot j of the K holds the step K - 1 - j steps back; the episode's first step sits in slot K - 1 - t (if t < K).
+        starts = th.arange(K, device=x.device) == (K - 1 - timesteps)[:, None]  # (B, K)
+        mask = F.pad(valid, (0, 1), value=True)  # (B, K)
+        if self.local_window is not None:  # beyond the local window only the first step
+            mask = mask & ((th.arange(K, device=x.device) >= K - self.local_window) | starts)
+        mask = mask[:, None, None]  # (B, 1, 1, K)
         bias = self.offset_bias
-        if bias is not None:  # slot j of the K holds the step K - 1 - j steps back: offsets K - 1 ... 0
-            K = self.context_len
+        if bias is not None:  # offsets K - 1 ... 0
             scores = bias[:, K - 1 :].flip(-1)[None, :, None]  # (1, H, 1, K)
-            if self.start_bias is not None:  # the episode's first step sits in slot K - 1 - t (if t < K)
-                starts = th.arange(K, device=x.device) == (K - 1 - timesteps)[:, None]  # (B, K)
+            if self.start_bias is not None:
                 scores = scores + self.start_bias[None, :, None, None] * starts[:, None, None]
             mask = scores.masked_fill(~mask, float("-inf"))  # (B, H, 1, K)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H, 1, d)
@@ -260,11 +280,18 @@ class Block(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, n_heads: int, dropout: float, context_len: int, relative_positions: bool, start_bias: bool
+        self,
+        d_model: int,
+        n_heads: int,
+        dropout: float,
+        context_len: int,
+        relative_positions: bool,
+        start_bias: bool,
+        local_window: int | None = None,
     ) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(d_model)
-        self.attn = WindowAttention(d_model, n_heads, dropout, context_len, relative_positions, start_bias)
+        self.attn = WindowAttention(d_model, n_heads, dropout, context_len, relative_positions, start_bias, local_window)
         self.ln_2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(
             nn.Linear(d_model, 2 * d_model), nn.ReLU(), nn.Linear(2 * d_model, d_model), dropout_layer(dropout)
@@ -297,6 +324,7 @@ class EpisodeTransformer(nn.Module):
     :param dropout: dropout rate
     :param relative_positions: each head learns a bias per offset in the window (see :class:`WindowAttention`)
     :param start_bias: (with ``relative_positions``) and one for the episode's first step
+    :param local_window: w <= K: beyond the last w steps a layer sees only the episode's first step (None: all K)
     """
 
     def __init__(
@@ -308,11 +336,14 @@ class EpisodeTransformer(nn.Module):
         dropout: float,
         relative_positions: bool = True,
         start_bias: bool = False,
+        local_window: int | None = None,
     ) -> None:
         super().__init__()
         self.context_len = context_len
+        self.local_window = local_window
         self.blocks = nn.ModuleList(
-            Block(d_model, n_heads, dropout, context_len, relative_positions, start_bias) for _ in range(n_layers)
+            Block(d_model, n_heads, dropout, context_len, relative_positions, start_bias, local_window)
+            for _ in range(n_layers)
         )
         self.ln_f = nn.LayerNorm(d_model)
         self.apply(self._init_weights)
@@ -332,6 +363,14 @@ class EpisodeTransformer(nn.Module):
         """Start every layer's offset biases as ALiBi's slopes (:meth:`WindowAttention.init_alibi`)."""
         for block in self.blocks:
             block.attn.init_alibi()
+
+    def band(self, meta: TokenMeta, causal: bool | th.Tensor = True) -> Band:
+        """The attention layout and mask of this transformer's window for tokens with metadata ``meta``.
+
+        :param meta: (B, T) metadata
+        :param causal: True, False, or per row (see :class:`Band`)
+        """
+        return Band(meta, self.context_len, causal, self.local_window)
 
     @property
     def receptive_field(self) -> int:
@@ -480,6 +519,7 @@ class EpisodeEncoder(nn.Module):
     :param relative_positions: offset biases and a start embedding (else sinusoidal episode-step positions)
     :param action_dim: width of the previous action's encoding added to each token (0: none)
     :param start_bias: (with ``relative_positions``) each head also learns a bias for the episode's first step
+    :param local_window: w <= K: beyond the last w steps a layer sees only the episode's first step (None: all K)
     """
 
     def __init__(
@@ -493,9 +533,12 @@ class EpisodeEncoder(nn.Module):
         relative_positions: bool,
         action_dim: int = 0,
         start_bias: bool = False,
+        local_window: int | None = None,
     ) -> None:
         super().__init__()
         self.token_embedding = nn.Linear(features_dim, d_model)
         self.action_embedding = nn.Linear(action_dim, d_model, bias=False) if action_dim else None
         self.positions = EpisodeStartEmbedding(d_model) if relative_positions else SinusoidalPositions(d_model)
-        self.transformer = EpisodeTransformer(d_model, n_layers, n_heads, context_len, dropout, relative_positions, start_bias)
+        self.transformer = EpisodeTransformer(
+            d_model, n_layers, n_heads, context_len, dropout, relative_positions, start_bias, local_window
+        )

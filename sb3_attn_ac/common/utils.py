@@ -112,6 +112,7 @@ def check_attention_args(
     key_momentum: float,
     position_encoding: str,
     start_bias: bool = False,
+    local_window: int | None = None,
 ) -> None:
     """Raise a ValueError naming the argument and its accepted values for a bad architecture argument."""
     if not isinstance(context_len, int) or context_len < 1:
@@ -133,6 +134,13 @@ def check_attention_args(
     if start_bias and position_encoding == "absolute":
         raise ValueError(
             f'start_bias=True needs position_encoding="relative" or "alibi", got position_encoding={position_encoding!r}'
+        )
+    if local_window is not None and (
+        not isinstance(local_window, int) or isinstance(local_window, bool) or not 1 <= local_window <= context_len
+    ):
+        raise ValueError(
+            f"local_window must be None (the whole window) or an integer in [1, context_len={context_len!r}], "
+            f"got {local_window!r}"
         )
 
 

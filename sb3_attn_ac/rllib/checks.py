@@ -40,6 +40,7 @@ def check_attention_config(args: dict[str, Any]) -> None:
         args["key_momentum"],
         args["position_encoding"],
         args["start_bias"],
+        args["local_window"],
     )
     flags = ("bert_masking", "actor_context", "shared_transformer", "prev_action", "start_bias")
     check_flags(**{name: args[name] for name in flags})

@@ -51,6 +51,7 @@ class AttnPPOConfig(PPOConfig):
         self.shared_transformer = True
         self.prev_action = False
         self.start_bias = False
+        self.local_window: int | None = None
         self.policy_kwargs: dict[str, Any] | None = None
         self.max_seq_len = DEFAULT_MAX_SEQ_LEN
 
@@ -77,6 +78,7 @@ class AttnPPOConfig(PPOConfig):
         shared_transformer: bool = NotProvided,  # type: ignore[assignment]
         prev_action: bool = NotProvided,  # type: ignore[assignment]
         start_bias: bool = NotProvided,  # type: ignore[assignment]
+        local_window: int | None = NotProvided,  # type: ignore[assignment]
         policy_kwargs: dict[str, Any] | None = NotProvided,  # type: ignore[assignment]
         max_seq_len: int = NotProvided,  # type: ignore[assignment]
         **rollout_args: Any,
@@ -108,6 +110,8 @@ class AttnPPOConfig(PPOConfig):
         :param prev_action: must stay False on RLlib (the token of the previous action is not supported there yet)
         :param start_bias: each attention head also learns a bias for its episode's first step (with
             ``position_encoding="relative"`` or ``"alibi"``)
+        :param local_window: None, or w <= ``context_len``: beyond the last w steps each layer attends only to the
+            episode's first step
         :param policy_kwargs: arguments of the policy other than the attention ones (``net_arch``,
             ``activation_fn``, ``ortho_init``, features extractor, ...); the optimizer is RLlib's
         :param max_seq_len: RLlib's training sequence length (episodes are cut into sequences this long; each
@@ -188,6 +192,7 @@ ATTENTION_ARGS = (
     "shared_transformer",
     "prev_action",
     "start_bias",
+    "local_window",
     "policy_kwargs",
     "max_seq_len",
 )

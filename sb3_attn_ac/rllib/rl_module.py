@@ -38,7 +38,7 @@ from stable_baselines3.common.utils import FloatSchedule
 
 from sb3_attn_ac.common.attention.on_policy import POLICY_ARGS
 from sb3_attn_ac.common.attention.policies import AttnActorCriticPolicy
-from sb3_attn_ac.common.torch_layers import Band, KVCache, TokenMeta
+from sb3_attn_ac.common.torch_layers import KVCache, TokenMeta
 from sb3_attn_ac.rllib.checks import check_rllib_spaces
 
 
@@ -167,7 +167,7 @@ class AttnPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
             th.zeros(B, n + T, dtype=th.long, device=start.device),
             th.cat([cache.valid, new_valid], dim=1),
         )
-        hidden, keys, values = self.policy.transformer.forward_from_cache(tokens, Band(meta, n + 1), cache)
+        hidden, keys, values = self.policy.transformer.forward_from_cache(tokens, self.policy.transformer.band(meta), cache)
         # After a row's last step its window holds columns lengths ... lengths + n - 1 of the n + T.
         window = lengths[:, None] + th.arange(n, device=start.device)  # (B, n)
         L, _, H, _, d = keys.shape

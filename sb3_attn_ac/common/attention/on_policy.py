@@ -55,6 +55,7 @@ POLICY_ARGS = (
     "shared_transformer",
     "prev_action",
     "start_bias",
+    "local_window",
 )
 
 
@@ -126,6 +127,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         shared_transformer: bool,
         prev_action: bool,
         start_bias: bool,
+        local_window: int | None,
     ) -> None:
         check_rollout_args(n_episodes, max_rollout_steps)
         check_flags(
@@ -136,7 +138,16 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
             start_bias=start_bias,
         )
         check_attention_args(
-            context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum, position_encoding, start_bias
+            context_len,
+            n_layers,
+            n_heads,
+            d_model,
+            dropout,
+            key_encoder,
+            key_momentum,
+            position_encoding,
+            start_bias,
+            local_window,
         )
         check_contrastive_args(ct_coef, ct_temperature, mask_ratio)
         check_loss_coefs(q_att_loss_coef, next_state_coef, rtg_coef)
@@ -187,6 +198,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.shared_transformer = shared_transformer
         self.prev_action = prev_action
         self.start_bias = start_bias
+        self.local_window = local_window
 
     def _setup_model(self) -> None:
         # Everything below derives from saved attributes, so load() (which calls this after restoring them) agrees.

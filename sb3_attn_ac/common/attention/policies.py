@@ -122,6 +122,11 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         step, stored scaled as the offset biases: where the first step is what matters (a cue shown once at the
         start), a head learns to read it from anywhere in the window as fast as it learns an offset. Pair it with
         a ``context_len`` that covers the steps that must recall it
+    :param local_window: None, or w <= ``context_len``: each layer attends to the last w steps of the episode and,
+        beyond them, only to the episode's first step while it is inside ``context_len`` (as the attention sinks
+        of StreamingLLM, Xiao et al., 2024): a short window for the steps around t and the first step (a cue shown
+        once at the start) read from up to ``context_len - 1`` steps away. The cache and the cost per step stay
+        those of ``context_len``
     """
 
     def __init__(
@@ -158,6 +163,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         shared_transformer: bool = True,
         prev_action: bool = False,
         start_bias: bool = False,
+        local_window: int | None = None,
     ) -> None:
         check_spaces(observation_space, action_space)
         check_flags(
@@ -165,7 +171,16 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         )
         check_q_att(q_att_coef, action_space, actor_context and not shared_transformer)
         check_attention_args(
-            context_len, n_layers, n_heads, d_model, dropout, key_encoder, key_momentum, position_encoding, start_bias
+            context_len,
+            n_layers,
+            n_heads,
+            d_model,
+            dropout,
+            key_encoder,
+            key_momentum,
+            position_encoding,
+            start_bias,
+            local_window,
         )
         # Set before super().__init__(), whose _build() creates the transformer.
         self.context_len = context_len
@@ -183,6 +198,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.shared_transformer = shared_transformer
         self.prev_action = prev_action
         self.start_bias = start_bias
+        self.local_window = local_window
         if net_arch is None:
             # SB3's actor; the critic's body is the transformer (its blocks hold MLPs), read by a linear head.
             net_arch = [] if features_extractor_class == NatureCNN else dict(pi=[64, 64], vf=[])
@@ -224,6 +240,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             shared_transformer=self.shared_transformer,
             prev_action=self.prev_action,
             start_bias=self.start_bias,
+            local_window=self.local_window,
             share_features_extractor=self.share_features_extractor,
             normalize_images=self.normalize_images,
         )
@@ -263,13 +280,20 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         relative = self.position_encoding != "absolute"
         self.positions = EpisodeStartEmbedding(self.d_model) if relative else SinusoidalPositions(self.d_model)
         self.transformer = EpisodeTransformer(
-            self.d_model, self.n_layers, self.n_heads, self.context_len, self.dropout, relative, self.start_bias
+            self.d_model,
+            self.n_layers,
+            self.n_heads,
+            self.context_len,
+            self.dropout,
+            relative,
+            self.start_bias,
+            self.local_window,
         )
         # The actor's own transformer (actor_context without sharing); the critic's parts above keep 0.1's names.
         self.actor_encoder: EpisodeEncoder | None = None
         if self.actor_context and not self.shared_transformer:
             sizes = (self.features_dim, self.d_model, self.n_layers, self.n_heads, self.context_len)
-            self.actor_encoder = EpisodeEncoder(*sizes, self.dropout, relative, action_dim, self.start_bias)
+            self.actor_encoder = EpisodeEncoder(*sizes, self.dropout, relative, action_dim, self.start_bias, self.local_window)
         if self.position_encoding == "alibi":
             self.transformer.init_alibi()
             if self.actor_encoder is not None:
@@ -313,7 +337,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
     # ----------------------------------------------------------------------------------------------------
     # The transformer over streams (training, "Method 2")
     def _critic(self, tokens: th.Tensor, meta: TokenMeta, band: Band | None = None) -> th.Tensor:
-        band = Band(meta, self.context_len) if band is None else band
+        band = self.transformer.band(meta) if band is None else band
         return self.transformer(tokens + self.positions(meta.timesteps), band)
 
     def _value_head(self, hidden: th.Tensor) -> th.Tensor:
@@ -404,10 +428,10 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         :param masked: whether the masked copy runs in the same call
         """
         if not masked:
-            return Band(meta, self.context_len)
+            return self.transformer.band(meta)
         B = meta.timesteps.shape[0]
         causal = th.arange(2 * B, device=meta.timesteps.device) < B
-        return Band(TokenMeta(*(th.cat([m, m]) for m in meta)), self.context_len, causal)
+        return self.transformer.band(TokenMeta(*(th.cat([m, m]) for m in meta)), causal)
 
     def evaluate_streams(
         self, streams: EpisodeStreams, mask_ratio: float | None = None, bert_masking: bool = False
@@ -532,7 +556,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         obs, meta, prev_actions = self._stream_inputs(observations, episode_starts, actions)
         with th.no_grad():
             tokens = self._tokens(self, obs, meta.timesteps, prev_actions=prev_actions)
-            return [w[0] for w in self.transformer.attention_weights(tokens, Band(meta, self.context_len))]
+            return [w[0] for w in self.transformer.attention_weights(tokens, self.transformer.band(meta))]
 
     def predict_values(self, obs: PyTorchObs) -> th.Tensor:
         """V of each observation as the first step of an episode (no context), shape (N, 1) as SB3's."""
@@ -600,7 +624,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         as the first step of an episode."""
         zeros = th.zeros(batch_len(obs), 1, dtype=th.long, device=self.device)
         meta = TokenMeta(zeros, zeros, th.ones_like(zeros, dtype=th.bool))
-        return encoder.transformer(self._tokens(encoder, obs, meta.timesteps), Band(meta, self.context_len))[:, 0]
+        return encoder.transformer(self._tokens(encoder, obs, meta.timesteps), encoder.transformer.band(meta))[:, 0]
 
     # ----------------------------------------------------------------------------------------------------
     # The actor
@@ -677,7 +701,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             return self.empty_cache(E)
         encoder = self._acting_encoder
         tokens = self._tokens(encoder, observations, meta.timesteps, prev_actions=prev_actions)
-        _, keys, values = encoder.transformer.forward_with_cache(tokens, Band(meta, self.context_len))
+        _, keys, values = encoder.transformer.forward_with_cache(tokens, encoder.transformer.band(meta))
         tail = TokenMeta(*(m[:, P - n :] for m in meta))
         valid = tail.valid & (tail.episode_ids == meta.episode_ids[:, -1:])  # the last step's episode only
         return KVCache(keys, values, valid)
