@@ -3,7 +3,8 @@
 Every layer lets a token attend to the tokens of its own episode at most ``context_len - 1`` steps away
 (only earlier ones in causal rows, both ways in the masked rows of the contrastive pass). A key j is allowed
 for the query i when it is valid, belongs to the same episode and ``0 <= ts_i - ts_j < K`` (causal) or
-``|ts_i - ts_j| < K`` (both ways), where ``ts`` is the step's index within its episode.
+``|ts_i - ts_j| < K`` (both ways), where ``ts`` is the step's index within its episode. With a local window
+``w < K`` a key at least ``w`` steps away is allowed only if it is its episode's first step (``ts_j == 0``).
 
 Positions are relative: each head adds a learned bias per offset ``ts_i - ts_j`` to its attention scores
 (:class:`WindowAttention`), and the first step of every episode carries a learned start embedding
