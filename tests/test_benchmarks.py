@@ -293,3 +293,25 @@ def test_diagnose_logs_both_transformers_biases_and_the_start_bias(tmp_path, mon
     # Logged after the rollout that follows the first update: both start biases have moved from zero.
     last = table.ffill().iloc[-1]
     assert last["bias/actor_l0h0start"] != 0.0 and last["bias/l0h0start"] != 0.0
+
+
+def test_higher_lower_policy_scores_the_memoryless_rule_on_the_same_decks() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import higher_lower_policy
+
+    class RulePlayer:  # plays the memoryless rule the script scores beside the model
+        def predict(self, obs, state=None, episode_start=None, deterministic=True):
+            return np.array([0 if int(np.argmax(obs[0])) < higher_lower_policy.MIDDLE else 1]), state
+
+    counts, mean, rule_mean = higher_lower_policy.play(RulePlayer(), 3, 0)
+    assert counts.sum() == 3 * 51  # every guess of the 52-card deck counted
+    assert mean == pytest.approx(rule_mean) and mean > 0.3  # its return is the rule's, well above chance (0)
+    assert (counts[: higher_lower_policy.MIDDLE, 1] == 0).all() and (counts[higher_lower_policy.MIDDLE :, 0] == 0).all()
+
+    class Contrarian(RulePlayer):  # the opposite guesses lose what the rule wins
+        def predict(self, obs, state=None, episode_start=None, deterministic=True):
+            action, state = super().predict(obs, state)
+            return 1 - action, state
+
+    _, contrarian, rule_again = higher_lower_policy.play(Contrarian(), 3, 0)
+    assert contrarian == pytest.approx(-rule_again) and rule_again == pytest.approx(rule_mean)
