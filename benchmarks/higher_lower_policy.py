@@ -25,6 +25,7 @@ from sb3_attn_ac import AttnPPO
 
 ENV_ID = "popgym-HigherLowerEasy-v0"
 N_RANKS = 13
+DECK_SIZE = 4 * N_RANKS  # Easy: one deck; a guess earns +-1 / DECK_SIZE
 MIDDLE = N_RANKS // 2  # rank index 6 of 0-12
 
 
@@ -51,7 +52,7 @@ def play(model: Any, n_episodes: int, first_seed: int) -> tuple[np.ndarray, floa
             total += float(reward)
             following = int(np.argmax(obs))
             if following != card:  # the rule's reward on the same deck (a push earns 0)
-                rule_total += (1.0 if (following > card) == (card < MIDDLE) else -1.0) / 52
+                rule_total += (1.0 if (following > card) == (card < MIDDLE) else -1.0) / DECK_SIZE
             start, done = False, terminated or truncated
         returns.append(total)
         rule_returns.append(rule_total)

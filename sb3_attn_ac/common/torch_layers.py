@@ -258,16 +258,20 @@ class WindowAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, 3, self.n_heads, 1, D // self.n_heads).unbind(1)  # each (B, H, 1, d)
         keys, values = th.cat([keys, k], dim=2), th.cat([values, v], dim=2)
         K = self.context_len
-        # Slot j of the K holds the step K - 1 - j steps back; the episode's first step sits in slot K - 1 - t (if t < K).
-        starts = th.arange(K, device=x.device) == (K - 1 - timesteps)[:, None]  # (B, K)
         mask = F.pad(valid, (0, 1), value=True)  # (B, K)
-        if self.local_window is not None:  # beyond the local window only the first step
-            mask = mask & ((th.arange(K, device=x.device) >= K - self.local_window) | starts)
+        starts = None
+        if self.local_window is not None or self.start_bias is not None:
+            # Slot j of the K holds the step K - 1 - j steps back; the episode's first step sits in slot K - 1 - t
+            # (if t < K).
+            slots = th.arange(K, device=x.device)
+            starts = slots == (K - 1 - timesteps)[:, None]  # (B, K)
+            if self.local_window is not None:  # beyond the local window only the first step
+                mask = mask & ((slots >= K - self.local_window) | starts)
         mask = mask[:, None, None]  # (B, 1, 1, K)
         bias = self.offset_bias
         if bias is not None:  # offsets K - 1 ... 0
             scores = bias[:, K - 1 :].flip(-1)[None, :, None]  # (1, H, 1, K)
-            if self.start_bias is not None:
+            if self.start_bias is not None:  # (then starts is set)
                 scores = scores + self.start_bias[None, :, None, None] * starts[:, None, None]
             mask = scores.masked_fill(~mask, float("-inf"))  # (B, H, 1, K)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H, 1, d)
