@@ -25,6 +25,9 @@ ran; a hyperparameter set to the algorithm's default counts as left out), so a c
     python benchmarks/ablations.py --variants default position_encoding=absolute --seeds 100 101 102
     python benchmarks/ablations.py --aggregate-only
     python benchmarks/ablations.py --envs PendulumNoVel-v1 --optuna-trials 11 8 --seeds 102 103 104
+    python benchmarks/ablations.py --envs LunarLanderNoVel-v3 --budget 2e5 --variants default prev_action=True
+
+``--budget`` trains every run for that many timesteps instead of the entry's ``n_timesteps`` (rows record it).
 
 ``--optuna-trials`` adds, as variants named ``optuna trial <N>``, trials of the study that ``optimize.py`` exported
 (``results/optuna_<algo>_<env>[_<--optuna-study>].json``): the trial's hyperparameters as rl-zoo3's ``-optimize``
@@ -170,6 +173,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", help="run only these variants (default: all)")
     parser.add_argument("--optuna-trials", type=int, nargs="+", default=[], help="add these trials of the env's study")
     parser.add_argument("--optuna-study", help="the study's name suffix (optimize.py --name)")
+    parser.add_argument("--budget", type=float, help="timesteps per run instead of the entries' n_timesteps")
     parser.add_argument("--logs", type=Path, default=Path("logs/ablations"))
     parser.add_argument("--aggregate-only", action="store_true")
     parser.add_argument("--version", default=sb3_attn_ac.__version__, help="aggregate the rows of this package version")
@@ -187,6 +191,8 @@ def main() -> None:
     labelled = []
     for env_id in args.envs:
         entry = report.hyperparams(algo, env_id)
+        if args.budget:
+            entry["n_timesteps"] = args.budget
         study = report.RESULTS / f"optuna_{optimize.study_name(algo, env_id, args.optuna_study)}.json"
         trials = optuna_variants(study, args.optuna_trials)
         for name, overrides in {**variants(entry, env_id, algo), **trials}.items():
