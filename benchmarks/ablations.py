@@ -207,7 +207,7 @@ def main() -> None:
                     report.record_run(args.out, row, f"{algo} {name} {env_id} seed {seed}")
                 if row is not None:
                     labelled.append({**row, "algo": f"{report.NAMES[algo]} {name}"})
-    print(report.aggregate(labelled, args.out.parent, prefix=f"ablations_{algo}"))
+    print(report.aggregate(labelled, args.out.parent, prefix=f"{args.out.stem}_{algo}"))  # plots <out name>_<algo>_<env>.png
 
 
 if __name__ == "__main__":
