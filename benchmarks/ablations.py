@@ -28,6 +28,17 @@ ran; a hyperparameter set to the algorithm's default counts as left out), so a c
     python benchmarks/ablations.py --envs LunarLanderNoVel-v3 --budget 2e5 --variants default prev_action=True
 
 ``--budget`` trains every run for that many timesteps instead of the entry's ``n_timesteps`` (rows record it).
+A variant named ``KEY=VALUE`` that the list above does not hold sets that one hyperparameter (``gamma=0.98``).
+``--eval-episodes`` sets the size of the final evaluation (rows record it, and a run counts only for its size): a
+10-episode mean of a near-solved swing-up moves by about 50 with the start states it draws, more than the
+differences the PendulumNoVel variants make (``pendulum_failures.py``). ``--algo ppo_lstm`` (``ppo``, ``a2c``) runs
+RecurrentPPO's (PPO's, A2C's) own rl-zoo3 entry the same way, ``default`` and ``KEY=VALUE`` variants only: a baseline
+measured with the same evaluation.
+
+    python benchmarks/ablations.py --envs PendulumNoVel-v1 --seeds 103 104 105 106 107 --variants default \
+        gamma=0.98 --eval-episodes 100 --out benchmarks/results/pendulum_eval100.jsonl
+    python benchmarks/ablations.py --algo ppo_lstm --envs PendulumNoVel-v1 --seeds 103 104 105 106 107 \
+        --variants default --eval-episodes 100 --out benchmarks/results/pendulum_eval100.jsonl
 
 ``--optuna-trials`` adds, as variants named ``optuna trial <N>``, trials of the study that ``optimize.py`` exported
 (``results/optuna_<algo>_<env>[_<--optuna-study>].json``): the trial's hyperparameters as rl-zoo3's ``-optimize``
@@ -46,20 +57,25 @@ import gymnasium as gym
 import optimize
 import report
 import rl_zoo3.import_envs  # noqa: F401  (registers the NoVel envs)
+import yaml
 from gymnasium import spaces
 
 import sb3_attn_ac
 from sb3_attn_ac import zoo
 
 DEFAULT_LEARNING_RATE = {"ppo_attn": 3e-4, "a2c_attn": 7e-4}  # PPO's and A2C's
+BASELINES = ("ppo_lstm", "ppo", "a2c")  # rl-zoo3's own entries: the default and KEY=VALUE variants only
 
 
-def run_key(algo: str, env_id: str, seed: int, hyperparams: dict[str, str]) -> tuple[str, int, str]:
-    """What identifies a run: env, seed and the hyperparameters as rows record them (:func:`canonical`), less those set
-    to the algorithm's own default (an entry that spells out a default trains exactly as one that leaves it out)."""
+def run_key(
+    algo: str, env_id: str, seed: int, hyperparams: dict[str, str], eval_episodes: int = 10
+) -> tuple[str, int, str, int]:
+    """What identifies a run: env, seed, the hyperparameters as rows record them (:func:`canonical`), less those set
+    to the algorithm's own default (an entry that spells out a default trains exactly as one that leaves it out), and
+    the number of final evaluation episodes."""
     defaults = report.constructor_defaults(algo)
     kept = {k: canonical(v) for k, v in hyperparams.items() if k not in defaults or str(defaults[k].default) != v}
-    return env_id, seed, json.dumps(kept, sort_keys=True)
+    return env_id, seed, json.dumps(kept, sort_keys=True), eval_episodes
 
 
 def linear_start(value: float | str) -> float | None:
@@ -138,6 +154,18 @@ def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict
     return {name: overrides for name, overrides in out.items() if None not in overrides.values()}
 
 
+def setting(name: str) -> dict[str, object]:
+    """The override a variant named ``KEY=VALUE`` that :func:`variants` does not list makes (VALUE read as YAML, as
+    an entry's values are: ``gamma=0.98``, ``start_bias=True``).
+
+    :param name: the variant's name
+    """
+    key, sep, value = name.partition("=")
+    if not sep or not key or not value:
+        raise SystemExit(f"--variants: {name!r} is neither a listed variant nor KEY=VALUE")
+    return {key: yaml.safe_load(value)}
+
+
 def optuna_variants(study: Path, numbers: list[int]) -> dict[str, dict]:
     """The hyperparameter overrides of trials ``numbers`` of an exported study, as ``attn-zoo -optimize`` set them
     over the entry (the study's search space's converter of sampled values; ``policy_kwargs`` written as an entry
@@ -167,13 +195,16 @@ def optuna_variants(study: Path, numbers: list[int]) -> dict[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algo", choices=["ppo_attn", "a2c_attn"], default="ppo_attn")
+    parser.add_argument("--algo", choices=[*zoo.ALGOS, *BASELINES], default="ppo_attn")
     parser.add_argument("--envs", nargs="+", default=["CartPoleNoVel-v1", "PendulumNoVel-v1"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", help="run only these variants (default: all)")
+    parser.add_argument(
+        "--variants", nargs="+", help="run only these variants (default: all); KEY=VALUE: any other setting of the entry"
+    )
     parser.add_argument("--optuna-trials", type=int, nargs="+", default=[], help="add these trials of the env's study")
     parser.add_argument("--optuna-study", help="the study's name suffix (optimize.py --name)")
     parser.add_argument("--budget", type=float, help="timesteps per run instead of the entries' n_timesteps")
+    parser.add_argument("--eval-episodes", type=int, default=10, help="deterministic episodes of the final evaluation")
     parser.add_argument("--logs", type=Path, default=Path("logs/ablations"))
     parser.add_argument("--aggregate-only", action="store_true")
     parser.add_argument("--version", default=sb3_attn_ac.__version__, help="aggregate the rows of this package version")
@@ -184,7 +215,7 @@ def main() -> None:
     rows = report.read_rows(args.out)
     algo = args.algo
     runs = {
-        run_key(algo, r["env"], r["seed"], r["hyperparams"]): r
+        run_key(algo, r["env"], r["seed"], r["hyperparams"], r["eval_episodes"]): r
         for r in report.ran_under(rows, args.version, args.gymnasium)
         if r["algo"] == algo
     }
@@ -195,15 +226,17 @@ def main() -> None:
             entry["n_timesteps"] = args.budget
         study = report.RESULTS / f"optuna_{optimize.study_name(algo, env_id, args.optuna_study)}.json"
         trials = optuna_variants(study, args.optuna_trials)
-        for name, overrides in {**variants(entry, env_id, algo), **trials}.items():
-            if args.variants and name not in args.variants and name not in trials:
-                continue
+        listed = variants(entry, env_id, algo) if algo in zoo.ALGOS else {"default": {}}
+        named = {name: listed[name] if name in listed else setting(name) for name in args.variants or []}
+        for name, overrides in {**(named if args.variants else listed), **trials}.items():
             for seed in args.seeds:
                 hyperparams = {**entry, **overrides}
-                row = runs.get(run_key(algo, env_id, seed, report.config(hyperparams)))
+                row = runs.get(run_key(algo, env_id, seed, report.config(hyperparams), args.eval_episodes))
                 if row is None and not args.aggregate_only:
                     logs = args.logs / algo / name.replace("=", "_").replace(" ", "_")
-                    row = {"variant": name, **report.train(algo, env_id, seed, logs, hyperparams, evaluations=1)}
+                    row = {"variant": name, **report.train(
+                        algo, env_id, seed, logs, hyperparams, evaluations=1, eval_episodes=args.eval_episodes
+                    )}  # fmt: skip
                     report.record_run(args.out, row, f"{algo} {name} {env_id} seed {seed}")
                 if row is not None:
                     labelled.append({**row, "algo": f"{report.NAMES[algo]} {name}"})

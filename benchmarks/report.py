@@ -52,8 +52,10 @@ NAMES = {"a2c": "A2C", "a2c_attn": "AttnA2C", "ppo": "PPO", "ppo_attn": "AttnPPO
 
 @functools.cache
 def constructor_defaults(algo: str) -> Mapping[str, inspect.Parameter]:
-    """The arguments of our algorithm ``algo``'s class, with their defaults."""
-    return inspect.signature(zoo.ALGOS[algo]).parameters
+    """The arguments of algorithm ``algo``'s class (ours or one of rl-zoo3's), with their defaults."""
+    from rl_zoo3.utils import ALGOS
+
+    return inspect.signature({**ALGOS, **zoo.ALGOS}[algo]).parameters
 
 
 def hyperparams(algo: str, env_id: str) -> dict:
@@ -76,19 +78,26 @@ def hyperparams(algo: str, env_id: str) -> dict:
 
 
 def train(
-    algo: str, env_id: str, seed: int, logs: Path, entry: dict, evaluations: int = 10, gym_packages: tuple[str, ...] = ()
+    algo: str,
+    env_id: str,
+    seed: int,
+    logs: Path,
+    entry: dict,
+    evaluations: int = 10,
+    gym_packages: tuple[str, ...] = (),
+    eval_episodes: int = 10,
 ) -> dict:
-    """One run through attn-zoo with the hyperparameter ``entry``, evaluating 10 deterministic episodes
-    ``evaluations`` times (every 10% of the budget by default; 1: at the end only); ``gym_packages`` are imported
-    first (they register the env)."""
+    """One run through attn-zoo with the hyperparameter ``entry``, evaluating ``eval_episodes`` deterministic
+    episodes ``evaluations`` times (every 10% of the budget by default; 1: at the end only); ``gym_packages`` are
+    imported first (they register the env)."""
     budget = int(float(entry["n_timesteps"]))
     conf = logs / f"{algo}_{env_id}.yml"
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(yaml.dump({env_id: entry}))
     folder = logs / f"seed{seed}"
     command = [sys.executable, "-m", "sb3_attn_ac.zoo", "train", "--algo", algo, "--env", env_id, "--seed", str(seed),
-               "-f", str(folder), "-conf", str(conf), "--eval-freq", str(budget // evaluations), "--eval-episodes", "10",
-               "--n-eval-envs", "1", "--verbose", "0"]  # fmt: skip
+               "-f", str(folder), "-conf", str(conf), "--eval-freq", str(budget // evaluations),
+               "--eval-episodes", str(eval_episodes), "--n-eval-envs", "1", "--verbose", "0"]  # fmt: skip
     if gym_packages:
         command += ["--gym-packages", *gym_packages]
     start = time.perf_counter()
@@ -107,7 +116,7 @@ def train(
         "budget": budget,
         "timesteps": evaluations["timesteps"].tolist(),
         "eval_mean": evaluations["results"].mean(axis=1).tolist(),
-        "eval_episodes": 10,
+        "eval_episodes": eval_episodes,
         "wall_s": wall,
         "hyperparams": config(entry),
         "environment": common.environment(),

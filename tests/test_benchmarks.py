@@ -315,3 +315,72 @@ def test_higher_lower_policy_scores_the_memoryless_rule_on_the_same_decks() -> N
 
     _, contrarian, rule_again = higher_lower_policy.play(Contrarian(), 3, 0)
     assert contrarian == pytest.approx(-rule_again) and rule_again == pytest.approx(rule_mean)
+
+
+def test_ablation_rows_count_for_their_final_evaluation_size_and_key_value_variants(tmp_path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import report
+
+    entry = report.hyperparams("ppo_attn", "PendulumNoVel-v1")
+
+    def row(final: float, eval_episodes: int, **overrides: object) -> dict:
+        return {"algo": "ppo_attn", "env": "PendulumNoVel-v1", "seed": 103, "budget": 100000, "timesteps": [100000],
+                "eval_mean": [final], "eval_episodes": eval_episodes, "wall_s": 1.0,
+                "hyperparams": report.config({**entry, **overrides}),
+                "environment": {"sb3-attn-ac": __version__, "gymnasium": gym.__version__}}  # fmt: skip
+
+    out = tmp_path / "rows.jsonl"
+    rows = [row(-150.0, 10), row(-210.0, 100), row(-170.0, 100, gamma=0.98), row(-999.0, 100, gamma=0.99)]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "ablations.py"), "--aggregate-only", "--envs", "PendulumNoVel-v1",
+           "--seeds", "103", "--out", str(out), "--variants", "default", "gamma=0.98"]  # fmt: skip
+    result = subprocess.run([*cmd, "--eval-episodes", "100"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if "PendulumNoVel" in line]
+    assert len(lines) == 2
+    assert "AttnPPO default |" in lines[0] and "| -210 |" in lines[0]  # not the 10-episode row
+    assert "AttnPPO gamma=0.98 |" in lines[1] and "| -170 |" in lines[1]  # a setting no listed variant makes
+    ten = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert next(line for line in ten.stdout.splitlines() if "PendulumNoVel" in line).count("| -150 |") == 1
+    bad = subprocess.run([*cmd[:-1], "gamma"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "'gamma' is neither a listed variant nor KEY=VALUE" in bad.stderr
+    # A baseline's own rl-zoo3 entry, measured the same way.
+    lstm = {**rows[1], "algo": "ppo_lstm", "eval_mean": [-230.0],
+            "hyperparams": report.config(report.hyperparams("ppo_lstm", "PendulumNoVel-v1"))}  # fmt: skip
+    out.write_text(out.read_text() + json.dumps(lstm) + "\n")
+    baseline = [*cmd[:2], "--algo", "ppo_lstm", *cmd[2:-1], "--eval-episodes", "100"]
+    result = subprocess.run(baseline, capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stdout.splitlines() if "PendulumNoVel" in line]
+    assert len(lines) == 1 and "RecurrentPPO default |" in lines[0] and "| -230 |" in lines[0], result.stderr[-2000:]
+
+
+def test_pendulum_failures_replays_the_evaluation_and_names_a_stall(tmp_path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import pendulum_failures
+    import rl_zoo3.import_envs  # noqa: F401
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from sb3_attn_ac import AttnPPO
+
+    env_id = pendulum_failures.ENV_ID
+    run = tmp_path / "seed0" / "ppo_attn" / f"{env_id}_1"  # rl-zoo3's layout
+    (run / env_id).mkdir(parents=True)
+    env = VecNormalize(make_vec_env(env_id, n_envs=1))
+    AttnPPO("MlpPolicy", env, n_steps=64, actor_context=True, prev_action=True, seed=0).save(run / f"{env_id}.zip")
+    env.save(str(run / env_id / "vecnormalize.pkl"))
+    rows = pendulum_failures.episodes(run, 2, seed=3)
+    assert rows.shape == (2, 7)
+    # The returns are SB3's evaluate_policy's on the same start states (the same env seed, statistics frozen).
+    eval_env = VecNormalize.load(str(run / env_id / "vecnormalize.pkl"), make_vec_env(env_id, n_envs=1, seed=3))
+    eval_env.training, eval_env.norm_reward = False, False
+    model = AttnPPO.load(run / f"{env_id}.zip", env=eval_env)
+    returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=2, deterministic=True, return_episode_rewards=True)
+    np.testing.assert_allclose(rows[:, 0], returns, rtol=1e-5)
+    assert (np.abs(rows[:, 1]) <= np.pi).all() and ((rows[:, 6] >= 0) & (rows[:, 6] <= 2.0)).all()
+    # return, start angle, start velocity, first upright step, upright share, |velocity|, |torque| of the last 50
+    assert pendulum_failures.kind(np.array([-1500, 2.7, 0.2, -1, 0.0, 0.2, 2.0])) == "stall"
+    assert pendulum_failures.kind(np.array([-1300, 2.6, 0.2, -1, 0.0, 2.0, 1.9])) == "swing"
+    assert pendulum_failures.kind(np.array([-600, 2.9, 0.0, 102, 0.98, 0.2, 1.4])) == "late"
+    assert pendulum_failures.kind(np.array([-120, 2.9, 0.0, 60, 1.0, 0.1, 1.1])) == "up"
