@@ -28,7 +28,8 @@ ran; a hyperparameter set to the algorithm's default counts as left out), so a c
     python benchmarks/ablations.py --envs LunarLanderNoVel-v3 --budget 2e5 --variants default prev_action=True
 
 ``--budget`` trains every run for that many timesteps instead of the entry's ``n_timesteps`` (rows record it).
-A variant named ``KEY=VALUE`` that the list above does not hold sets that one hyperparameter (``gamma=0.98``).
+A variant named ``KEY=VALUE`` that the list above does not hold sets that hyperparameter (``gamma=0.98``; several,
+space-separated, in one variant: ``"n_epochs=20 gamma=0.99"``).
 ``--eval-episodes`` sets the size of the final evaluation (rows record it, and a run counts only for its size): a
 10-episode mean of a near-solved swing-up moves by about 50 with the start states it draws, more than the
 differences the PendulumNoVel variants make (``pendulum_failures.py``). ``--algo ppo_lstm`` (``ppo``, ``a2c``) runs
@@ -155,15 +156,18 @@ def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict
 
 
 def setting(name: str) -> dict[str, object]:
-    """The override a variant named ``KEY=VALUE`` that :func:`variants` does not list makes (VALUE read as YAML, as
-    an entry's values are: ``gamma=0.98``, ``start_bias=True``).
+    """The overrides a variant named ``KEY=VALUE [KEY=VALUE ...]`` that :func:`variants` does not list makes (each
+    VALUE read as YAML, as an entry's values are: ``gamma=0.98``, ``"n_epochs=20 clip_range=0.1"``).
 
     :param name: the variant's name
     """
-    key, sep, value = name.partition("=")
-    if not sep or not key or not value:
-        raise SystemExit(f"--variants: {name!r} is neither a listed variant nor KEY=VALUE")
-    return {key: yaml.safe_load(value)}
+    out = {}
+    for part in name.split():
+        key, sep, value = part.partition("=")
+        if not sep or not key or not value:
+            raise SystemExit(f"--variants: {name!r} is neither a listed variant nor KEY=VALUE [KEY=VALUE ...]")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def optuna_variants(study: Path, numbers: list[int]) -> dict[str, dict]:
@@ -199,7 +203,7 @@ def main() -> None:
     parser.add_argument("--envs", nargs="+", default=["CartPoleNoVel-v1", "PendulumNoVel-v1"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
-        "--variants", nargs="+", help="run only these variants (default: all); KEY=VALUE: any other setting of the entry"
+        "--variants", nargs="+", help="run only these variants (default: all); 'KEY=VALUE ...': other settings of the entry"
     )
     parser.add_argument("--optuna-trials", type=int, nargs="+", default=[], help="add these trials of the env's study")
     parser.add_argument("--optuna-study", help="the study's name suffix (optimize.py --name)")

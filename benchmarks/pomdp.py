@@ -66,10 +66,11 @@ ZOO = {
 }
 # Our arguments on top of the shared ones: those AttnPPO's zoo entry sets (hyperparams/ppo_attn.yml, read by
 # ``attn_args``), and the RL settings that entry changes (README "Ablations"): on CartPoleNoVel-v1 advantages left
-# unnormalised (0.3), on PendulumNoVel-v1 the learning-rate annealing.
+# unnormalised (0.3), on PendulumNoVel-v1 the learning-rate annealing and (2026-12-07) gamma 0.99, GAE lambda 0.9,
+# clip range 0.1.
 ATTN_OVERRIDES = {
     "CartPoleNoVel-v1": dict(normalize_advantage=False),
-    "PendulumNoVel-v1": dict(learning_rate=linear_schedule(1e-3)),
+    "PendulumNoVel-v1": dict(learning_rate=linear_schedule(1e-3), gamma=0.99, gae_lambda=0.9, clip_range=0.1),
 }
 LSTM = dict(lstm_hidden_size=64, enable_critic_lstm=True)
 
@@ -87,10 +88,11 @@ def attn_args(env_id: str) -> dict:
 
 def make_model(algo: str, env_id: str, seed: int, n_envs: int | None = None):
     spec = ZOO[env_id]
-    env = VecNormalize(make_vec_env(env_id, n_envs=n_envs or spec["n_envs"], seed=seed), gamma=spec["kwargs"]["gamma"])
     kwargs, policy_kwargs = dict(spec["kwargs"]), dict(spec["policy_kwargs"])
     if algo == "attn_ppo":
         kwargs.update(ATTN_OVERRIDES.get(env_id, {}))
+    env = VecNormalize(make_vec_env(env_id, n_envs=n_envs or spec["n_envs"], seed=seed), gamma=kwargs["gamma"])
+    if algo == "attn_ppo":
         return AttnPPO("MlpPolicy", env, seed=seed, policy_kwargs=policy_kwargs, **kwargs, **attn_args(env_id))
     if algo == "recurrent_ppo":
         return RecurrentPPO("MlpLstmPolicy", env, seed=seed, policy_kwargs={**policy_kwargs, **LSTM}, **kwargs)

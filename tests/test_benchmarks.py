@@ -134,10 +134,10 @@ def test_rl_study_starts_with_the_entry_rl_settings() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import optimize
 
-    entry = optimize.report.hyperparams("ppo_attn", "PendulumNoVel-v1")  # lin_1e-3, batch_size 128, gamma 0.9 ...
+    entry = optimize.report.hyperparams("ppo_attn", "PendulumNoVel-v1")  # lin_1e-3, batch_size 128, gamma 0.99 ...
     params = optimize.entry_params("rl", "ppo_attn", entry)
     assert params == {"batch_size": 128, "n_epochs": 10, "learning_rate": 1e-3, "lr_schedule": "linear",
-                      "clip_range": 0.2, "gae_lambda": 0.95, "gamma": 0.9}  # fmt: skip
+                      "clip_range": 0.1, "gae_lambda": 0.9, "gamma": 0.99}  # fmt: skip
     assert optimize.zoo.converter("rl")(params)["learning_rate"] == "lin_0.001"
     # An A2C entry that sets nothing has the algorithm's defaults; a constant learning rate stays a number.
     assert optimize.entry_params("rl", "a2c_attn", {"learning_rate": 1e-3})["lr_schedule"] == "constant"
@@ -330,7 +330,8 @@ def test_ablation_rows_count_for_their_final_evaluation_size_and_key_value_varia
                 "environment": {"sb3-attn-ac": __version__, "gymnasium": gym.__version__}}  # fmt: skip
 
     out = tmp_path / "rows.jsonl"
-    rows = [row(-150.0, 10), row(-210.0, 100), row(-170.0, 100, gamma=0.98), row(-999.0, 100, gamma=0.99)]
+    rows = [row(-150.0, 10), row(-210.0, 100), row(-170.0, 100, gamma=0.98), row(-999.0, 100, gamma=0.97),
+            row(-140.0, 100, gamma=0.97, n_epochs=20)]  # fmt: skip
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cmd = [sys.executable, str(ROOT / "benchmarks" / "ablations.py"), "--aggregate-only", "--envs", "PendulumNoVel-v1",
            "--seeds", "103", "--out", str(out), "--variants", "default", "gamma=0.98"]  # fmt: skip
@@ -340,6 +341,8 @@ def test_ablation_rows_count_for_their_final_evaluation_size_and_key_value_varia
     assert len(lines) == 2
     assert "AttnPPO default |" in lines[0] and "| -210 |" in lines[0]  # not the 10-episode row
     assert "AttnPPO gamma=0.98 |" in lines[1] and "| -170 |" in lines[1]  # a setting no listed variant makes
+    both = subprocess.run([*cmd[:-2], "n_epochs=20 gamma=0.97", "--eval-episodes", "100"], capture_output=True, text=True)
+    assert [line for line in both.stdout.splitlines() if "| -140 |" in line], both.stdout + both.stderr[-2000:]
     ten = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert next(line for line in ten.stdout.splitlines() if "PendulumNoVel" in line).count("| -150 |") == 1
     bad = subprocess.run([*cmd[:-1], "gamma"], capture_output=True, text=True, timeout=300)
