@@ -79,22 +79,16 @@ def run_key(
     return env_id, seed, json.dumps(kept, sort_keys=True), eval_episodes
 
 
-def linear_start(value: float | str) -> float | None:
-    """The initial value of rl-zoo3's linear schedule ``lin_<initial value>``; None for anything else."""
-    text = str(value)
-    return float(text[4:]) if text.startswith("lin_") else None
-
-
 def canonical(value: str) -> str:
     """One spelling of a recorded hyperparameter: rl-zoo3's linear schedule with the value as Python writes the float
     (``lin_7e-4`` and ``lin_0.0007`` are one schedule)."""
-    start = linear_start(value)
+    start = report.linear_start(value)
     return value if start is None else f"lin_{start}"
 
 
 def doubled(learning_rate: float | str) -> float | str:
     """Twice a learning rate of an entry, constant or rl-zoo3's linear schedule."""
-    start = linear_start(learning_rate)
+    start = report.linear_start(learning_rate)
     return 2 * float(learning_rate) if start is None else f"lin_{2 * start}"
 
 
@@ -115,7 +109,7 @@ def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict
         f"normalize_advantage={not normalize_advantage}": dict(normalize_advantage=not normalize_advantage),
         # A constant learning rate annealed linearly to 0 over the budget (rl-zoo3's lin_ schedule):
         "annealed learning rate": dict(
-            learning_rate=None if linear_start(learning_rate) is not None else f"lin_{learning_rate}"
+            learning_rate=None if report.linear_start(learning_rate) is not None else f"lin_{learning_rate}"
         ),
         "learning rate doubled": dict(learning_rate=doubled(learning_rate)),
         "ct_coef=0": dict(ct_coef=0.0),
@@ -168,6 +162,17 @@ def setting(name: str) -> dict[str, object]:
             raise SystemExit(f"--variants: {name!r} is neither a listed variant nor KEY=VALUE [KEY=VALUE ...]")
         out[key] = yaml.safe_load(value)
     return out
+
+
+def requested(names: list[str], here: dict[str, dict], elsewhere: set[str]) -> dict[str, dict]:
+    """The overrides of the variants ``names`` on one env: a listed variant's, or a ``KEY=VALUE`` one's
+    (:func:`setting`); a variant listed for another env of the run but not this one (Q_att on Box actions) is skipped.
+
+    :param names: the requested variants' names
+    :param here: :func:`variants` of this env
+    :param elsewhere: the names :func:`variants` lists for any env of the run
+    """
+    return {name: here[name] if name in here else setting(name) for name in names if name in here or name not in elsewhere}
 
 
 def optuna_variants(study: Path, numbers: list[int]) -> dict[str, dict]:
@@ -223,16 +228,17 @@ def main() -> None:
         for r in report.ran_under(rows, args.version, args.gymnasium)
         if r["algo"] == algo
     }
+    entries = {env_id: report.hyperparams(algo, env_id) for env_id in args.envs}
+    listed = {e: variants(entry, e, algo) if algo in zoo.ALGOS else {"default": {}} for e, entry in entries.items()}
+    elsewhere = set().union(*listed.values())
     labelled = []
-    for env_id in args.envs:
-        entry = report.hyperparams(algo, env_id)
+    for env_id, entry in entries.items():
         if args.budget:
             entry["n_timesteps"] = args.budget
         study = report.RESULTS / f"optuna_{optimize.study_name(algo, env_id, args.optuna_study)}.json"
         trials = optuna_variants(study, args.optuna_trials)
-        listed = variants(entry, env_id, algo) if algo in zoo.ALGOS else {"default": {}}
-        named = {name: listed[name] if name in listed else setting(name) for name in args.variants or []}
-        for name, overrides in {**(named if args.variants else listed), **trials}.items():
+        chosen = requested(args.variants, listed[env_id], elsewhere) if args.variants else listed[env_id]
+        for name, overrides in {**chosen, **trials}.items():
             for seed in args.seeds:
                 hyperparams = {**entry, **overrides}
                 row = runs.get(run_key(algo, env_id, seed, report.config(hyperparams), args.eval_episodes))

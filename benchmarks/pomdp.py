@@ -64,14 +64,6 @@ ZOO = {
         policy_kwargs=dict(ortho_init=False, activation_fn=nn.ReLU, net_arch=dict(pi=[64], vf=[64])),
     ),
 }
-# Our arguments on top of the shared ones: those AttnPPO's zoo entry sets (hyperparams/ppo_attn.yml, read by
-# ``attn_args``), and the RL settings that entry changes (README "Ablations"): on CartPoleNoVel-v1 advantages left
-# unnormalised (0.3), on PendulumNoVel-v1 the learning-rate annealing and (2026-12-07) gamma 0.99, GAE lambda 0.9,
-# clip range 0.1.
-ATTN_OVERRIDES = {
-    "CartPoleNoVel-v1": dict(normalize_advantage=False),
-    "PendulumNoVel-v1": dict(learning_rate=linear_schedule(1e-3), gamma=0.99, gae_lambda=0.9, clip_range=0.1),
-}
 LSTM = dict(lstm_hidden_size=64, enable_critic_lstm=True)
 
 
@@ -86,11 +78,34 @@ def attn_args(env_id: str) -> dict:
     return {k: v for k, v in report.hyperparams("ppo_attn", env_id).items() if k in ours and k not in ppo}
 
 
+def attn_overrides(env_id: str) -> dict:
+    """The RL settings AttnPPO's zoo entry changes from the shared ones (README "Ablations"): on CartPoleNoVel-v1
+    advantages left unnormalised, on PendulumNoVel-v1 the learning rate annealed and gamma 0.99, GAE lambda 0.9, clip
+    range 0.1. They are the PPO arguments of ``hyperparams/ppo_attn.yml``'s entry whose value differs from
+    RecurrentPPO's rl-zoo3 entry (from ``ZOO``'s where that entry leaves one to the default), rl-zoo3's
+    ``lin_<value>`` as its linear schedule.
+
+    :param env_id: one of ``ZOO``'s envs
+    """
+    ppo = inspect.signature(PPO).parameters
+    theirs = {**ZOO[env_id]["kwargs"], **report.hyperparams("ppo_lstm", env_id)}
+    out = {}
+    for key, value in report.hyperparams("ppo_attn", env_id).items():
+        start = report.linear_start(value)
+        if key not in ppo or key in ("policy", "policy_kwargs"):
+            continue
+        if start is None and theirs.get(key) != value:
+            out[key] = value
+        elif start is not None and report.linear_start(theirs.get(key)) != start:
+            out[key] = linear_schedule(start)
+    return out
+
+
 def make_model(algo: str, env_id: str, seed: int, n_envs: int | None = None):
     spec = ZOO[env_id]
     kwargs, policy_kwargs = dict(spec["kwargs"]), dict(spec["policy_kwargs"])
     if algo == "attn_ppo":
-        kwargs.update(ATTN_OVERRIDES.get(env_id, {}))
+        kwargs.update(attn_overrides(env_id))
     env = VecNormalize(make_vec_env(env_id, n_envs=n_envs or spec["n_envs"], seed=seed), gamma=kwargs["gamma"])
     if algo == "attn_ppo":
         return AttnPPO("MlpPolicy", env, seed=seed, policy_kwargs=policy_kwargs, **kwargs, **attn_args(env_id))
@@ -101,7 +116,7 @@ def make_model(algo: str, env_id: str, seed: int, n_envs: int | None = None):
 
 def attn_config(env_id: str) -> dict:
     """What a result row records of AttnPPO's settings on ``env_id``."""
-    config = {"attn": attn_args(env_id), "attn_overrides": ATTN_OVERRIDES.get(env_id, {})}
+    config = {"attn": attn_args(env_id), "attn_overrides": attn_overrides(env_id)}
     return json.loads(json.dumps(config, default=repr))  # schedules by their repr
 
 

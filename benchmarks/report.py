@@ -172,6 +172,12 @@ def record_run(path: Path, row: dict, label: str, decimals: int = 1) -> None:
     print(f"{label}: final {row['eval_mean'][-1]:.{decimals}f} ({row['wall_s']:.0f} s)", flush=True)
 
 
+def linear_start(value: object) -> float | None:
+    """The initial value of rl-zoo3's linear schedule ``lin_<initial value>``; None for anything else."""
+    text = str(value)
+    return float(text[4:]) if text.startswith("lin_") else None
+
+
 def config(entry: dict) -> dict[str, str]:
     """A hyperparameter entry as rows record it."""
     return {k: str(v) for k, v in entry.items()}

@@ -345,6 +345,12 @@ def test_ablation_rows_count_for_their_final_evaluation_size_and_key_value_varia
     assert [line for line in both.stdout.splitlines() if "| -140 |" in line], both.stdout + both.stderr[-2000:]
     ten = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert next(line for line in ten.stdout.splitlines() if "PendulumNoVel" in line).count("| -150 |") == 1
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ablations
+
+    here = {"default": {}, "ct_coef=0": {"ct_coef": 0.0}}  # a Box-action env's list: no Q_att
+    chosen = ablations.requested(["default", "q_att_coef=1", "ct_coef=0", "gamma=0.97"], here, {*here, "q_att_coef=1"})
+    assert chosen == {"default": {}, "ct_coef=0": {"ct_coef": 0.0}, "gamma=0.97": {"gamma": 0.97}}
     bad = subprocess.run([*cmd[:-1], "gamma"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "'gamma' is neither a listed variant nor KEY=VALUE" in bad.stderr
     # A baseline's own rl-zoo3 entry, measured the same way.
@@ -387,3 +393,16 @@ def test_pendulum_failures_replays_the_evaluation_and_names_a_stall(tmp_path) ->
     assert pendulum_failures.kind(np.array([-1300, 2.6, 0.2, -1, 0.0, 2.0, 1.9])) == "swing"
     assert pendulum_failures.kind(np.array([-600, 2.9, 0.0, 102, 0.98, 0.2, 1.4])) == "late"
     assert pendulum_failures.kind(np.array([-120, 2.9, 0.0, 60, 1.0, 0.1, 1.1])) == "up"
+
+
+def test_pomdp_attn_ppo_takes_the_rl_settings_its_zoo_entry_changes() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import pomdp
+
+    assert pomdp.attn_overrides("CartPoleNoVel-v1") == {"normalize_advantage": False}  # "lin_1e-3" == "lin_0.001"
+    pendulum = pomdp.attn_overrides("PendulumNoVel-v1")
+    schedule = pendulum.pop("learning_rate")  # lin_1e-3 where RecurrentPPO's entry has a constant 1e-3
+    assert (schedule(1.0), schedule(0.5)) == pytest.approx((1e-3, 5e-4))
+    assert pendulum == {"gamma": 0.99, "gae_lambda": 0.9, "clip_range": 0.1}  # batch_size 128 is ZOO's already
+    model = pomdp.make_model("attn_ppo", "PendulumNoVel-v1", seed=0, n_envs=1)
+    assert (model.gamma, model.gae_lambda, model.get_env().gamma) == (0.99, 0.9, 0.99)
