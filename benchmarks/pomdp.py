@@ -1,7 +1,7 @@
 """Partially observed tasks (rl-zoo3's NoVel envs: velocities hidden): AttnPPO with actor context against
 RecurrentPPO (sb3-contrib, LSTM) and PPO, each with the same rl-zoo3 hyperparameters (RecurrentPPO's tuned
 ``ppo_lstm.yml`` entries: n_envs, n_steps, batch size, epochs, gamma, GAE lambda, learning rate, clip range,
-gSDE, normalisation, net_arch), at 1e5 steps.
+gSDE, normalisation, net_arch), at 1e5 steps. LunarLanderNoVel-v3 needs Box2D (``pip install -e ".[box2d]"``).
 
 Each (algo, env, seed) run appends one JSON line to ``--out`` (finished runs are skipped, so it resumes):
 the mean/std of 20 deterministic evaluation episodes, training FPS, wall time, versions and hardware.
@@ -63,8 +63,31 @@ ZOO = {
         ),
         policy_kwargs=dict(ortho_init=False, activation_fn=nn.ReLU, net_arch=dict(pi=[64], vf=[64])),
     ),
+    "MountainCarContinuousNoVel-v0": dict(
+        n_envs=8,
+        kwargs=dict(
+            n_steps=1024,
+            batch_size=256,
+            gae_lambda=0.9,
+            gamma=0.9999,
+            n_epochs=10,
+            ent_coef=0.00429,
+            learning_rate=7.77e-05,
+            clip_range=0.1,
+            max_grad_norm=5,
+            vf_coef=0.19,
+            use_sde=True,
+            sde_sample_freq=8,
+        ),
+        policy_kwargs=dict(log_std_init=0.0, ortho_init=False, net_arch=dict(pi=[64], vf=[64])),
+        lstm_hidden_size=32,
+    ),
+    "LunarLanderNoVel-v3": dict(  # the zoo's LunarLanderNoVel-v2 entry; Box2D: pip install -e ".[box2d]"
+        n_envs=32,
+        kwargs=dict(n_steps=512, batch_size=128, gae_lambda=0.98, gamma=0.999, n_epochs=4, ent_coef=0.01),
+        policy_kwargs=dict(ortho_init=False, activation_fn=nn.ReLU, net_arch=dict(pi=[64], vf=[64])),
+    ),
 }
-LSTM = dict(lstm_hidden_size=64, enable_critic_lstm=True)
 
 
 def attn_args(env_id: str) -> dict:
@@ -110,7 +133,8 @@ def make_model(algo: str, env_id: str, seed: int, n_envs: int | None = None):
     if algo == "attn_ppo":
         return AttnPPO("MlpPolicy", env, seed=seed, policy_kwargs=policy_kwargs, **kwargs, **attn_args(env_id))
     if algo == "recurrent_ppo":
-        return RecurrentPPO("MlpLstmPolicy", env, seed=seed, policy_kwargs={**policy_kwargs, **LSTM}, **kwargs)
+        lstm = dict(lstm_hidden_size=spec.get("lstm_hidden_size", 64), enable_critic_lstm=True)
+        return RecurrentPPO("MlpLstmPolicy", env, seed=seed, policy_kwargs={**policy_kwargs, **lstm}, **kwargs)
     return PPO("MlpPolicy", env, seed=seed, policy_kwargs=policy_kwargs, **kwargs)
 
 
@@ -133,7 +157,8 @@ def train_and_evaluate(algo: str, env_id: str, seed: int, timesteps: int) -> dic
 
 
 def fps_side_by_side(env_id: str, algos: list[str], steps: int, rounds: int) -> dict[str, float]:
-    """Median training FPS of each algorithm over alternating short runs (same process, same machine load)."""
+    """Median training FPS of each algorithm over alternating short runs of ``steps`` steps (same process, same
+    machine load)."""
     fps: dict[str, list[float]] = {a: [] for a in algos}
     for round_ in range(rounds + 1):  # round 0 warms up
         for algo in algos:
@@ -174,7 +199,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--timesteps", type=int, default=100_000)
     parser.add_argument("--fps", action="store_true", help="only measure training FPS side by side")
-    parser.add_argument("--fps-steps", type=int, default=8192)
+    parser.add_argument("--fps-steps", type=int, default=8192, help="steps per FPS run (at least two rollouts)")
     parser.add_argument("--summary", action="store_true", help="print the results table from --out and exit")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pomdp.jsonl")
     args = parser.parse_args()
@@ -185,8 +210,9 @@ def main() -> None:
 
     if args.fps:
         for env_id in args.envs:
-            fps = fps_side_by_side(env_id, args.algos, args.fps_steps, rounds=3)
-            row = {"kind": "fps", "env": env_id, "steps": args.fps_steps, "fps": fps, "attn_config": attn_config(env_id),
+            steps = max(args.fps_steps, 2 * ZOO[env_id]["n_envs"] * ZOO[env_id]["kwargs"]["n_steps"])  # 2 rollouts
+            fps = fps_side_by_side(env_id, args.algos, steps, rounds=3)
+            row = {"kind": "fps", "env": env_id, "steps": steps, "fps": fps, "attn_config": attn_config(env_id),
                    "environment": common.environment()}  # fmt: skip
             print(json.dumps(row))
             report.append_row(args.out, row)
