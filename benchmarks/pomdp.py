@@ -195,7 +195,9 @@ def summary(path: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algos", nargs="+", default=["attn_ppo", "recurrent_ppo", "ppo"])
-    parser.add_argument("--envs", nargs="+", default=list(ZOO))
+    parser.add_argument(
+        "--envs", nargs="+", choices=list(ZOO), help="default: every env with --fps, else CartPoleNoVel-v1 PendulumNoVel-v1"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--timesteps", type=int, default=100_000)
     parser.add_argument("--fps", action="store_true", help="only measure training FPS side by side")
@@ -208,8 +210,9 @@ def main() -> None:
         print(summary(args.out))
         return
 
+    envs = args.envs or (list(ZOO) if args.fps else ["CartPoleNoVel-v1", "PendulumNoVel-v1"])
     if args.fps:
-        for env_id in args.envs:
+        for env_id in envs:
             steps = max(args.fps_steps, 2 * ZOO[env_id]["n_envs"] * ZOO[env_id]["kwargs"]["n_steps"])  # 2 rollouts
             fps = fps_side_by_side(env_id, args.algos, steps, rounds=3)
             row = {"kind": "fps", "env": env_id, "steps": steps, "fps": fps, "attn_config": attn_config(env_id),
@@ -220,7 +223,7 @@ def main() -> None:
 
     rows = report.read_rows(args.out)
     done = {(r["algo"], r["env"], r["seed"], r["timesteps"]) for r in rows if r.get("kind") == "run"}
-    for env_id in args.envs:
+    for env_id in envs:
         for algo in args.algos:
             for seed in args.seeds:
                 if (algo, env_id, seed, args.timesteps) in done:

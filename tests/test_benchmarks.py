@@ -406,3 +406,27 @@ def test_pomdp_attn_ppo_takes_the_rl_settings_its_zoo_entry_changes() -> None:
     assert pendulum == {"gamma": 0.99, "gae_lambda": 0.9, "clip_range": 0.1}  # batch_size 128 is ZOO's already
     model = pomdp.make_model("attn_ppo", "PendulumNoVel-v1", seed=0, n_envs=1)
     assert (model.gamma, model.gae_lambda, model.get_env().gamma) == (0.99, 0.9, 0.99)
+
+
+def test_pomdp_settings_are_recurrent_ppos_zoo_entries() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import pomdp
+    import report
+    from rl_zoo3.utils import linear_schedule
+    from torch import nn
+
+    for env_id, spec in pomdp.ZOO.items():
+        entry = report.hyperparams("ppo_lstm", env_id)
+        assert spec["n_envs"] == entry["n_envs"], env_id
+        for key, value in spec["kwargs"].items():
+            expected = entry.get(key, 128 if key == "batch_size" else None)  # RecurrentPPO's default batch size
+            start = report.linear_start(expected)
+            if start is not None:  # "lin_1e-3" in the yml: the same schedule
+                assert value(1.0) == linear_schedule(start)(1.0) and value(0.5) == linear_schedule(start)(0.5), (env_id, key)
+            else:
+                assert value == expected, (env_id, key)
+        assert set(entry) - set(spec["kwargs"]) <= {"normalize", "n_envs", "n_timesteps", "policy", "policy_kwargs"}, env_id
+        policy_kwargs = eval(entry["policy_kwargs"], {"nn": nn})  # rl-zoo3 evaluates it the same way
+        assert policy_kwargs.pop("lstm_hidden_size") == spec.get("lstm_hidden_size", 64), env_id
+        assert policy_kwargs.pop("enable_critic_lstm") is True, env_id
+        assert policy_kwargs == spec["policy_kwargs"], env_id
