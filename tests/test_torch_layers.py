@@ -161,6 +161,27 @@ def test_chunked_attention_equals_dense_window() -> None:
         assert th.allclose(chunked[0, t], dense[0, -1], atol=1e-5)
 
 
+@pytest.mark.parametrize("T", [12, 37])  # one dense window, then chunks
+def test_offset_table_is_shared_only_where_offsets_are_stream_distances(T: int) -> None:
+    K, H = 6, 2
+    meta = make_meta([0, 3, 9, 20], T)
+    gapped_steps = meta.timesteps.clone()
+    gapped_steps[0, 6:] += 2  # the episode from step 3 skips two steps: its offsets are no longer distances
+    streams = TokenMeta(th.cat([meta.timesteps, meta.timesteps]), *(th.cat([m, m]) for m in meta[1:]))
+    gapped = TokenMeta(th.cat([meta.timesteps, gapped_steps]), *streams[1:])
+    bias = th.randn(H, 2 * K - 1)
+    for tokens, rows in [(streams, 1), (gapped, 2)]:
+        band = Band(tokens, K, causal=th.tensor([True, False]))
+        assert band.offsets.shape[0] == rows
+        q_ts = band.queries(tokens.timesteps[:, None, :, None])[:, 0, ..., 0]  # (B, nC, C)
+        k_ts = band.windows(tokens.timesteps[:, None, :, None])[:, 0, ..., 0]  # (B, nC, W)
+        delta = (q_ts[..., :, None] - k_ts[..., None, :]).clamp(1 - K, K - 1) + K - 1
+        expected = bias[:, delta].transpose(0, 1)  # (B, H, nC, C, W): the offset ts_i - ts_j of each key
+        allowed = band.allowed[:, None].expand_as(expected)
+        assert th.equal(band.scores_mask(bias)[allowed], expected[allowed])
+        assert band.select(th.tensor([1])).scores_mask(bias).shape[0] == 1
+
+
 def test_receptive_field_and_padding() -> None:
     model = EpisodeTransformer(8, n_layers=3, n_heads=2, context_len=5, dropout=0.0)
     assert model.receptive_field == 12
