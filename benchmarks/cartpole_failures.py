@@ -4,9 +4,12 @@ and the script tells, for each, its length and what ended it: the time limit (50
 the share of pushes to the right (a policy that balances the pole while the cart drifts at a steady velocity leaves
 the track with the pole up; about 1% more pushes one way than the other is such a drift), and the critic's value
 (``trajectory_values``, in VecNormalize's reward scale) at the episode's first and last step: a critic that knows the
-track ends gives the last step of a lost episode about one step's reward, not the value of the centre.
+track ends gives the last step of a lost episode about one step's reward, not the value of the centre. ``--cross``
+also runs every listed seed's critic over the first listed seed's episodes (the same raw observations, each model's
+own VecNormalize statistics): whether the critics of models that hold see that seed's drift coming.
 
     python benchmarks/cartpole_failures.py logs/report --seeds 0 1
+    python benchmarks/cartpole_failures.py logs/report --seeds 0 1 2 3 4 --cross
 
 The run folder of seed s is rl-zoo3's ``<logs>/seed<s>/ppo_attn/CartPoleNoVel-v1_<N>`` (the newest N), holding the
 model and its VecNormalize statistics; ``report.py`` and ``ablations.py`` write that layout.
@@ -27,26 +30,36 @@ from sb3_attn_ac import AttnPPO
 ENV_ID = "CartPoleNoVel-v1"
 
 
-def episodes(run: Path, n_episodes: int, seed: int) -> list[tuple[int, str, float, float, float, float, float]]:
+Row = tuple[int, str, float, float, float, float, float]
+Stream = tuple[np.ndarray, np.ndarray]
+
+
+def load(run: Path, seed: int) -> tuple[VecNormalize, AttnPPO]:
+    """The final model of rl-zoo3's run folder ``run`` and its VecNormalize statistics, on an env seeded ``seed``."""
+    env = VecNormalize.load(str(run / ENV_ID / "vecnormalize.pkl"), make_vec_env(ENV_ID, n_envs=1, seed=seed))
+    env.training, env.norm_reward = False, False
+    return env, AttnPPO.load(run / f"{ENV_ID}.zip", env=env, device="cpu")
+
+
+def episodes(run: Path, n_episodes: int, seed: int) -> tuple[list[Row], list[Stream]]:
     """Play ``n_episodes`` deterministic episodes with the final model of ``run``.
 
     :param run: rl-zoo3's run folder
     :param n_episodes: episodes to play
     :param seed: the env's seed (start states)
     :return: per episode: length, what ended it (``time``, ``track``, ``pole``), mean cart position and velocity,
-        share of pushes to the right, the critic's value at the first and the last step
+        share of pushes to the right, the critic's value at the first and the last step; and each episode's raw
+        (unnormalised) observations and actions
     """
-    env = VecNormalize.load(str(run / ENV_ID / "vecnormalize.pkl"), make_vec_env(ENV_ID, n_envs=1, seed=seed))
-    env.training, env.norm_reward = False, False
-    model = AttnPPO.load(run / f"{ENV_ID}.zip", env=env, device="cpu")
+    env, model = load(run, seed)
     cartpole = env.venv.envs[0].unwrapped
     obs, state, start = env.reset(), None, np.ones(1, dtype=bool)
-    rows = []
+    rows, streams = [], []
     for _ in range(n_episodes):
         states, observations, actions, done = [], [], [], False
         while not done:
             states.append(np.array(cartpole.state))  # (x, x_dot, theta, theta_dot) the action is chosen in
-            observations.append(obs[0])
+            observations.append(env.get_original_obs()[0])
             action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
             obs, _, start, infos = env.step(action)
             actions.append(int(action[0]))
@@ -55,9 +68,18 @@ def episodes(run: Path, n_episodes: int, seed: int) -> list[tuple[int, str, floa
         x_end = env.unnormalize_obs(infos[0]["terminal_observation"])[0]  # NoVel observes (x, theta)
         end = "time" if infos[0].get("TimeLimit.truncated") else "track" if abs(x_end) > cartpole.x_threshold else "pole"
         x, velocity = np.mean(states, axis=0)[:2]
-        values = model.policy.trajectory_values(np.array(observations), actions=np.array(actions))
+        stream = (np.array(observations), np.array(actions))
+        values = critic_values(env, model, stream)
         rows.append((length, end, float(x), float(velocity), float(np.mean(actions)), float(values[0]), float(values[-1])))
-    return rows
+        streams.append(stream)
+    return rows, streams
+
+
+def critic_values(env: VecNormalize, model: AttnPPO, stream: Stream) -> np.ndarray:
+    """The critic's values (``trajectory_values``) over one episode's raw observations and actions, normalised with
+    ``env``'s statistics."""
+    observations, actions = stream
+    return model.policy.trajectory_values(env.normalize_obs(observations), actions=actions).numpy()
 
 
 def main() -> None:
@@ -66,13 +88,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", required=True)
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--env-seed", type=int, default=12345, help="seed of the evaluation env (start states)")
+    parser.add_argument("--cross", action="store_true", help="every seed's critic over the first seed's episodes")
     args = parser.parse_args()
+    runs = [report.latest_run(args.logs / f"seed{seed}", ENV_ID, "ppo_attn") for seed in args.seeds]
+    if None in runs:
+        raise SystemExit(f"no run folder {args.logs}/seed<s>/ppo_attn/{ENV_ID}_<N> for some of --seeds {args.seeds}")
     print(f"# {args.episodes} deterministic episodes per model, env seed {args.env_seed}")
-    for seed in args.seeds:
-        run = report.latest_run(args.logs / f"seed{seed}", ENV_ID, "ppo_attn")
-        if run is None:
-            raise SystemExit(f"no run folder {args.logs}/seed{seed}/ppo_attn/{ENV_ID}_<N>")
-        rows = episodes(run, args.episodes, args.env_seed)
+    first_streams = None
+    for seed, run in zip(args.seeds, runs, strict=True):
+        rows, streams = episodes(run, args.episodes, args.env_seed)
+        first_streams = first_streams or streams
         ends = [row[1] for row in rows]
         counts = ", ".join(f"{name} {ends.count(name)}" for name in ("time", "track", "pole"))
         right = np.mean([row[4] for row in rows])
@@ -80,6 +105,16 @@ def main() -> None:
         for length, end, x, velocity, right, first, last in rows:
             print(f"    {length:3d} steps  {end:5s}  mean cart position {x:+.2f}  mean cart velocity {velocity:+.2f}  "
                   f"pushes right {right:.3f}  value first {first:.2f} last {last:.2f}")  # fmt: skip
+
+    if args.cross:
+        print(f"# every seed's critic over seed {args.seeds[0]}'s first 3 episodes: value at the first, middle, last step")
+        for seed, run in zip(args.seeds, runs, strict=True):
+            env, model = load(run, args.env_seed)
+            parts = []
+            for stream in first_streams[:3]:
+                values = critic_values(env, model, stream)
+                parts.append(f"{len(values)} steps: {values[0]:.2f}, {values[len(values) // 2]:.2f}, {values[-1]:.2f}")
+            print(f"seed {seed}'s critic: " + "; ".join(parts))
 
 
 if __name__ == "__main__":
