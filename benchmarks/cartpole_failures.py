@@ -22,7 +22,6 @@ import common  # one torch thread; must come first  # noqa: F401
 import numpy as np
 import report
 import rl_zoo3.import_envs  # noqa: F401  (registers the NoVel envs)
-from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_attn_ac import AttnPPO
@@ -32,13 +31,6 @@ ENV_ID = "CartPoleNoVel-v1"
 
 Row = tuple[int, str, float, float, float, float, float]
 Stream = tuple[np.ndarray, np.ndarray]
-
-
-def load(run: Path, seed: int) -> tuple[VecNormalize, AttnPPO]:
-    """The final model of rl-zoo3's run folder ``run`` and its VecNormalize statistics, on an env seeded ``seed``."""
-    env = VecNormalize.load(str(run / ENV_ID / "vecnormalize.pkl"), make_vec_env(ENV_ID, n_envs=1, seed=seed))
-    env.training, env.norm_reward = False, False
-    return env, AttnPPO.load(run / f"{ENV_ID}.zip", env=env, device="cpu")
 
 
 def episodes(run: Path, n_episodes: int, seed: int) -> tuple[list[Row], list[Stream]]:
@@ -51,7 +43,7 @@ def episodes(run: Path, n_episodes: int, seed: int) -> tuple[list[Row], list[Str
         share of pushes to the right, the critic's value at the first and the last step; and each episode's raw
         (unnormalised) observations and actions
     """
-    env, model = load(run, seed)
+    env, model = report.final_model(run, ENV_ID, seed)
     cartpole = env.venv.envs[0].unwrapped
     obs, state, start = env.reset(), None, np.ones(1, dtype=bool)
     rows, streams = [], []
@@ -90,9 +82,7 @@ def main() -> None:
     parser.add_argument("--env-seed", type=int, default=12345, help="seed of the evaluation env (start states)")
     parser.add_argument("--cross", action="store_true", help="every seed's critic over the first seed's episodes")
     args = parser.parse_args()
-    runs = [report.latest_run(args.logs / f"seed{seed}", ENV_ID, "ppo_attn") for seed in args.seeds]
-    if None in runs:
-        raise SystemExit(f"no run folder {args.logs}/seed<s>/ppo_attn/{ENV_ID}_<N> for some of --seeds {args.seeds}")
+    runs = report.seed_runs(args.logs, args.seeds, ENV_ID)
     print(f"# {args.episodes} deterministic episodes per model, env seed {args.env_seed}")
     first_streams = None
     for seed, run in zip(args.seeds, runs, strict=True):
@@ -109,7 +99,7 @@ def main() -> None:
     if args.cross:
         print(f"# every seed's critic over seed {args.seeds[0]}'s first 3 episodes: value at the first, middle, last step")
         for seed, run in zip(args.seeds, runs, strict=True):
-            env, model = load(run, args.env_seed)
+            env, model = report.final_model(run, ENV_ID, args.env_seed)
             parts = []
             for stream in first_streams[:3]:
                 values = critic_values(env, model, stream)

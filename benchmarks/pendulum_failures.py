@@ -22,10 +22,6 @@ import common  # one torch thread; must come first  # noqa: F401
 import numpy as np
 import report
 import rl_zoo3.import_envs  # noqa: F401  (registers the NoVel envs)
-from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import VecNormalize
-
-from sb3_attn_ac import AttnPPO
 
 ENV_ID = "PendulumNoVel-v1"
 UPRIGHT = 0.3  # rad
@@ -41,9 +37,7 @@ def episodes(run: Path, n_episodes: int, seed: int) -> np.ndarray:
     :return: (n_episodes, 7): return, start angle, start velocity, first upright step (-1: never), share of the
         last 50 steps upright, their mean |velocity| and mean |torque| (clipped to the env's bounds)
     """
-    env = VecNormalize.load(str(run / ENV_ID / "vecnormalize.pkl"), make_vec_env(ENV_ID, n_envs=1, seed=seed))
-    env.training, env.norm_reward = False, False
-    model = AttnPPO.load(run / f"{ENV_ID}.zip", env=env, device="cpu")
+    env, model = report.final_model(run, ENV_ID, seed)
     pendulum = env.venv.envs[0].unwrapped
     obs, state, start = env.reset(), None, np.ones(1, dtype=bool)
     rows = []
@@ -84,10 +78,7 @@ def main() -> None:
     parser.add_argument("--worst", type=int, default=5, help="worst episodes listed per model")
     args = parser.parse_args()
     print(f"# {args.episodes} deterministic episodes per model, env seed {args.env_seed}")
-    for seed in args.seeds:
-        run = report.latest_run(args.logs / f"seed{seed}", ENV_ID, "ppo_attn")
-        if run is None:
-            raise SystemExit(f"no run folder {args.logs}/seed{seed}/ppo_attn/{ENV_ID}_<N>")
+    for seed, run in zip(args.seeds, report.seed_runs(args.logs, args.seeds, ENV_ID), strict=True):
         rows = episodes(run, args.episodes, args.env_seed)
         returns = rows[:, 0]
         tens = returns[: len(returns) // 10 * 10].reshape(-1, 10).mean(axis=1)

@@ -36,9 +36,11 @@ import numpy as np
 import yaml
 from rliable import library as rly
 from rliable import metrics
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecNormalize
 
 import sb3_attn_ac
-from sb3_attn_ac import zoo
+from sb3_attn_ac import AttnPPO, zoo
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -128,6 +130,26 @@ def latest_run(folder: Path, env_id: str, algo: str = "*") -> Path | None:
     pattern), or None if there is none."""
     runs = folder.glob(f"{algo}/{env_id}_*")
     return max(runs, key=lambda p: int(p.name.rsplit("_", 1)[1]), default=None)
+
+
+def seed_runs(logs: Path, seeds: list[int], env_id: str, algo: str = "ppo_attn") -> list[Path]:
+    """The newest run folder of each seed, ``<logs>/seed<s>/<algo>/<env_id>_<N>`` (the layout :func:`train` writes);
+    exits naming the first seed that has none."""
+    runs = []
+    for seed in seeds:
+        run = latest_run(logs / f"seed{seed}", env_id, algo)
+        if run is None:
+            raise SystemExit(f"no run folder {logs}/seed{seed}/{algo}/{env_id}_<N>")
+        runs.append(run)
+    return runs
+
+
+def final_model(run: Path, env_id: str, seed: int) -> tuple[VecNormalize, AttnPPO]:
+    """The final AttnPPO model of rl-zoo3's run folder ``run`` on one ``env_id`` env seeded ``seed``, behind the run's
+    VecNormalize statistics (frozen; rewards as the env gives them)."""
+    env = VecNormalize.load(str(run / env_id / "vecnormalize.pkl"), make_vec_env(env_id, n_envs=1, seed=seed))
+    env.training, env.norm_reward = False, False
+    return env, AttnPPO.load(run / f"{env_id}.zip", env=env, device="cpu")
 
 
 def _estimates(scores: np.ndarray, func: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
