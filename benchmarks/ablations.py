@@ -15,7 +15,9 @@ critic and actor (``context_len=1``) or a short window (``context_len=4``); the 
 (``frame_stack=2``); a deeper or wider transformer (``n_layers=2``, ``d_model=64``); a second hidden layer in the
 actor's MLP (``pi=[64, 64]`` where the entry has RecurrentPPO's ``pi=[64]``); the issue-6 options: Q_att action
 preferences (``q_att_coef=1``, Discrete actions only), the masked next-state and reward-to-go heads
-(``next_state_coef=rtg_coef=0.1``), and N-trajectory rollouts (``n_episodes=n_envs``). Resumable: every finished run is
+(``next_state_coef=rtg_coef=0.1``), N-trajectory rollouts (``n_episodes=n_envs``), and raw observations where the
+entry normalises them (``raw observations``: VecNormalize scales the returns only) or its statistics frozen after half
+the budget (``freeze normalization at half``, ``normalization.py``). Resumable: every finished run is
 a JSON line in ``--out`` with its hyperparameters, package version and commit; a variant's run is the row of the
 installed version and gymnasium with the same env, seed and hyperparameters (whatever the variant was called when it
 ran; a hyperparameter set to the algorithm's default counts as left out), so a changed entry runs again (``--version`` /
@@ -129,6 +131,18 @@ def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict
             else None
         ),
         "next_state_coef=rtg_coef=0.1": dict(next_state_coef=0.1, rtg_coef=0.1),
+        # Observations as the env gives them, returns still scaled (rl-zoo3's normalize kwargs): VecNormalize's
+        # running statistics of a position follow where the policy keeps it, and keep moving after the learning
+        # rate has annealed to 0.
+        "raw observations": dict(
+            normalize="{'norm_obs': False, 'norm_reward': True}" if str(entry.get("normalize")) == "True" else None
+        ),
+        # Or statistics that stop moving halfway through the budget (normalization.py's callback).
+        "freeze normalization at half": dict(
+            callback=[{"normalization.FreezeNormalization": {"after_steps": int(float(entry["n_timesteps"])) // 2}}]
+            if str(entry.get("normalize")) == "True"
+            else None
+        ),
         "n_episodes=n_envs": dict(n_episodes=int(entry["n_envs"])),
     }
     if algo == "ppo_attn":

@@ -8,8 +8,16 @@ track ends gives the last step of a lost episode about one step's reward, not th
 also runs every listed seed's critic over the first listed seed's episodes (the same raw observations, each model's
 own VecNormalize statistics): whether the critics of models that hold see that seed's drift coming.
 
+``--margin`` instead measures how far each model is from failing: the mean length of its deterministic episodes
+under the run's VecNormalize statistics and under four shifts of the cart position's statistics (its std times 0.8
+and 1.25, its mean moved by -0.2 and +0.2 std), about what the running statistics move in the last half of a run
+(and a change of the network's inputs of the size its last updates make). A model that holds the cart only on a knife
+edge loses episodes under some shift; the smallest of the five is its margin, a finer measure than the final return
+(which is 500 for most seeds).
+
     python benchmarks/cartpole_failures.py logs/report --seeds 0 1
     python benchmarks/cartpole_failures.py logs/report --seeds 0 1 2 3 4 --cross
+    python benchmarks/cartpole_failures.py logs/collapse/ppo_attn/default --seeds 100 101 102 --margin --episodes 5
 
 The run folder of seed s is rl-zoo3's ``<logs>/seed<s>/ppo_attn/CartPoleNoVel-v1_<N>`` (the newest N), holding the
 model and its VecNormalize statistics; ``report.py`` and ``ablations.py`` write that layout.
@@ -22,6 +30,7 @@ import common  # one torch thread; must come first  # noqa: F401
 import numpy as np
 import report
 import rl_zoo3.import_envs  # noqa: F401  (registers the NoVel envs)
+from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_attn_ac import AttnPPO
@@ -74,6 +83,32 @@ def critic_values(env: VecNormalize, model: AttnPPO, stream: Stream) -> np.ndarr
     return model.policy.trajectory_values(env.normalize_obs(observations), actions=actions).numpy()
 
 
+# Shifts of the cart position's normalisation statistics (name, std factor, mean shift in stds) for --margin.
+SHIFTS = (("run's", 1.0, 0.0), ("std x0.8", 0.8, 0.0), ("std x1.25", 1.25, 0.0), ("mean -0.2 std", 1.0, -0.2),
+          ("mean +0.2 std", 1.0, 0.2))  # fmt: skip
+
+
+def margin(run: Path, n_episodes: int, seed: int) -> list[float]:
+    """Mean length of ``n_episodes`` deterministic episodes of the final model of ``run`` under each of ``SHIFTS``
+    (the same start states for each).
+
+    :param run: rl-zoo3's run folder
+    :param n_episodes: episodes per shift
+    :param seed: the env's seed (start states)
+    """
+    env, model = report.final_model(run, ENV_ID, seed)
+    var, mean = env.obs_rms.var.copy(), env.obs_rms.mean.copy()
+    out = []
+    for _, factor, shift in SHIFTS:
+        env.obs_rms.var, env.obs_rms.mean = var.copy(), mean.copy()
+        env.obs_rms.var[0] *= factor**2
+        env.obs_rms.mean[0] += shift * np.sqrt(var[0])
+        env.seed(seed)
+        env.reset()
+        out.append(float(evaluate_policy(model, env, n_eval_episodes=n_episodes, deterministic=True)[0]))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("logs", type=Path, help="the folder holding seed<s>/ppo_attn/CartPoleNoVel-v1_<N>")
@@ -81,8 +116,22 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--env-seed", type=int, default=12345, help="seed of the evaluation env (start states)")
     parser.add_argument("--cross", action="store_true", help="every seed's critic over the first seed's episodes")
+    parser.add_argument("--margin", action="store_true", help="episode lengths under shifted cart-position statistics")
     args = parser.parse_args()
     runs = report.seed_runs(args.logs, args.seeds, ENV_ID)
+    if args.margin:
+        print(
+            f"# {args.logs}: mean length of {args.episodes} deterministic episodes (env seed {args.env_seed}) under the "
+            f"cart position's statistics: {', '.join(name for name, _, _ in SHIFTS)}; margin = the smallest"
+        )
+        margins = []
+        for seed, run in zip(args.seeds, runs, strict=True):
+            lengths = margin(run, args.episodes, args.env_seed)
+            margins.append(min(lengths))
+            print(f"seed {seed}: {' '.join(f'{x:3.0f}' for x in lengths)}  margin {min(lengths):3.0f}", flush=True)
+        low = sum(m < 450 for m in margins)
+        print(f"seeds with margin < 450: {low} of {len(margins)}; mean margin {np.mean(margins):.0f}")
+        return
     print(f"# {args.episodes} deterministic episodes per model, env seed {args.env_seed}")
     first_streams = None
     for seed, run in zip(args.seeds, runs, strict=True):

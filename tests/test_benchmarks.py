@@ -399,7 +399,8 @@ def test_pomdp_attn_ppo_takes_the_rl_settings_its_zoo_entry_changes() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import pomdp
 
-    assert pomdp.attn_overrides("CartPoleNoVel-v1") == {"normalize_advantage": False}  # "lin_1e-3" == "lin_0.001"
+    cartpole = pomdp.attn_overrides("CartPoleNoVel-v1")
+    assert cartpole == {"n_epochs": 10, "normalize_advantage": False}  # "lin_1e-3" == "lin_0.001"
     pendulum = pomdp.attn_overrides("PendulumNoVel-v1")
     schedule = pendulum.pop("learning_rate")  # lin_1e-3 where RecurrentPPO's entry has a constant 1e-3
     assert (schedule(1.0), schedule(0.5)) == pytest.approx((1e-3, 5e-4))
@@ -430,3 +431,51 @@ def test_pomdp_settings_are_recurrent_ppos_zoo_entries() -> None:
         assert policy_kwargs.pop("lstm_hidden_size") == spec.get("lstm_hidden_size", 64), env_id
         assert policy_kwargs.pop("enable_critic_lstm") is True, env_id
         assert policy_kwargs == spec["policy_kwargs"], env_id
+
+
+def test_cartpole_margin_evaluates_under_the_runs_statistics_and_four_shifts(tmp_path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cartpole_failures
+    import rl_zoo3.import_envs  # noqa: F401  (registers the NoVel envs)
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from sb3_attn_ac import AttnPPO
+
+    env_id = cartpole_failures.ENV_ID
+    run = tmp_path / "seed0" / "ppo_attn" / f"{env_id}_1"  # rl-zoo3's layout
+    (run / env_id).mkdir(parents=True)
+    env = VecNormalize(make_vec_env(env_id, n_envs=2, seed=0))
+    model = AttnPPO("MlpPolicy", env, n_steps=32, batch_size=64, actor_context=True, prev_action=True, seed=0)
+    model.learn(64)  # statistics that are not the identity
+    model.save(run / f"{env_id}.zip")
+    env.save(str(run / env_id / "vecnormalize.pkl"))
+    lengths = cartpole_failures.margin(run, 3, seed=3)
+    assert len(lengths) == len(cartpole_failures.SHIFTS) == 5
+    # The first is SB3's evaluate_policy under the run's own statistics (frozen), on the same start states.
+    eval_env = VecNormalize.load(str(run / env_id / "vecnormalize.pkl"), make_vec_env(env_id, n_envs=1, seed=3))
+    eval_env.training, eval_env.norm_reward = False, False
+    mean, _ = evaluate_policy(
+        AttnPPO.load(run / f"{env_id}.zip", env=eval_env), eval_env, n_eval_episodes=3, deterministic=True
+    )
+    assert lengths[0] == pytest.approx(mean)
+    assert all(1 <= length <= 500 for length in lengths)
+
+
+def test_freeze_normalization_stops_the_statistics_after_its_steps() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import normalization
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    env = VecNormalize(make_vec_env("CartPole-v1", n_envs=2, seed=0))
+    model = PPO("MlpPolicy", env, n_steps=32, batch_size=64, n_epochs=1, seed=0)
+    model.learn(128, callback=normalization.FreezeNormalization(after_steps=64))
+    # The statistics saw the first reset's 2 observations and the steps up to the 64th (two envs a step), then none.
+    assert not env.training and env.obs_rms.count == pytest.approx(2 + 64 + 1e-4)
+    with pytest.raises(ValueError, match="after_steps must be >= 0, got -1"):
+        normalization.FreezeNormalization(after_steps=-1)
+    with pytest.raises(ValueError, match="needs a VecNormalize env"):
+        PPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32).learn(32, callback=normalization.FreezeNormalization(0))
