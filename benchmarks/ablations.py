@@ -100,6 +100,7 @@ def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict
     normalize_advantage = str(entry.get("normalize_advantage", algo == "ppo_attn")) == "True"
     learning_rate = entry.get("learning_rate", DEFAULT_LEARNING_RATE[algo])
     shared = str(entry.get("shared_transformer", True)) == "True"
+    normalized = str(entry.get("normalize")) == "True"
     out = {
         "default": {},
         "position_encoding=absolute": dict(position_encoding="absolute"),
@@ -134,13 +135,11 @@ def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict
         # Observations as the env gives them, returns still scaled (rl-zoo3's normalize kwargs): VecNormalize's
         # running statistics of a position follow where the policy keeps it, and keep moving after the learning
         # rate has annealed to 0.
-        "raw observations": dict(
-            normalize="{'norm_obs': False, 'norm_reward': True}" if str(entry.get("normalize")) == "True" else None
-        ),
+        "raw observations": dict(normalize="{'norm_obs': False, 'norm_reward': True}" if normalized else None),
         # Or statistics that stop moving halfway through the budget (normalization.py's callback).
         "freeze normalization at half": dict(
             callback=[{"normalization.FreezeNormalization": {"after_steps": int(float(entry["n_timesteps"])) // 2}}]
-            if str(entry.get("normalize")) == "True"
+            if normalized
             else None
         ),
         "n_episodes=n_envs": dict(n_episodes=int(entry["n_envs"])),

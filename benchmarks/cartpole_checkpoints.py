@@ -23,9 +23,7 @@ import rl_zoo3.import_envs  # noqa: F401  (registers the NoVel envs)
 import stable_baselines3.common.callbacks as sb3_callbacks
 import yaml
 from ablations import setting
-from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_attn_ac import AttnPPO, zoo
 
@@ -58,18 +56,6 @@ def train(folder: Path, seed: int, entry: dict, every: int) -> Path:
     return report.latest_run(folder, ENV_ID, "ppo_attn")
 
 
-def statistics(run: Path, steps: int, seed: int) -> VecNormalize:
-    """The VecNormalize statistics saved at ``steps`` over one env (frozen; raw rewards).
-
-    :param run: rl-zoo3's run folder
-    :param steps: the checkpoint
-    :param seed: the env's seed (start states)
-    """
-    env = VecNormalize.load(str(run / f"rl_model_vecnormalize_{steps}_steps.pkl"), make_vec_env(ENV_ID, n_envs=1, seed=seed))
-    env.training, env.norm_reward = False, False
-    return env
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, required=True)
@@ -84,7 +70,10 @@ def main() -> None:
     entry = {**report.hyperparams("ppo_attn", ENV_ID), **(setting(args.variant) if args.variant else {})}
     folder = args.logs / (args.variant.replace("=", "_").replace(" ", "_") or "default") / f"seed{args.seed}"
     run = report.latest_run(folder, ENV_ID, "ppo_attn") or train(folder, args.seed, entry, args.every)
-    envs = {steps: statistics(run, steps, args.env_seed) for steps in args.stats}
+    envs = {
+        steps: report.frozen_statistics(run / f"rl_model_vecnormalize_{steps}_steps.pkl", ENV_ID, args.env_seed)
+        for steps in args.stats
+    }
     print(f"# seed {args.seed}, {args.variant or 'the entry'}: mean length of {args.episodes} deterministic episodes "
           f"(env seed {args.env_seed}), each checkpoint's model behind each checkpoint's statistics")  # fmt: skip
     for steps, env in envs.items():

@@ -144,11 +144,23 @@ def seed_runs(logs: Path, seeds: list[int], env_id: str, algo: str = "ppo_attn")
     return runs
 
 
+def frozen_statistics(path: Path, env_id: str, seed: int) -> VecNormalize:
+    """Saved VecNormalize statistics over one ``env_id`` env seeded ``seed``, frozen, rewards as the env gives them
+    (as an evaluation uses them).
+
+    :param path: the statistics' pickle (rl-zoo3's ``vecnormalize.pkl``, or a checkpoint's)
+    :param env_id: the env
+    :param seed: the env's seed (start states)
+    """
+    env = VecNormalize.load(str(path), make_vec_env(env_id, n_envs=1, seed=seed))
+    env.training, env.norm_reward = False, False
+    return env
+
+
 def final_model(run: Path, env_id: str, seed: int) -> tuple[VecNormalize, AttnPPO]:
     """The final AttnPPO model of rl-zoo3's run folder ``run`` on one ``env_id`` env seeded ``seed``, behind the run's
-    VecNormalize statistics (frozen; rewards as the env gives them)."""
-    env = VecNormalize.load(str(run / env_id / "vecnormalize.pkl"), make_vec_env(env_id, n_envs=1, seed=seed))
-    env.training, env.norm_reward = False, False
+    VecNormalize statistics (:func:`frozen_statistics`)."""
+    env = frozen_statistics(run / env_id / "vecnormalize.pkl", env_id, seed)
     return env, AttnPPO.load(run / f"{env_id}.zip", env=env, device="cpu")
 
 
