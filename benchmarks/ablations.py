@@ -17,7 +17,7 @@ actor's MLP (``pi=[64, 64]`` where the entry has RecurrentPPO's ``pi=[64]``); th
 preferences (``q_att_coef=1``, Discrete actions only), the masked next-state and reward-to-go heads
 (``next_state_coef=rtg_coef=0.1``), N-trajectory rollouts (``n_episodes=n_envs``), and raw observations where the
 entry normalises them (``raw observations``: VecNormalize scales the returns only) or its statistics frozen after half
-the budget (``freeze normalization at half``, ``normalization.py``). Resumable: every finished run is
+the budget (``freeze normalization at half``, ``sb3_attn_ac.callbacks.FreezeNormalization``). Resumable: every finished run is
 a JSON line in ``--out`` with its hyperparameters, package version and commit; a variant's run is the row of the
 installed version and gymnasium with the same env, seed and hyperparameters (whatever the variant was called when it
 ran; a hyperparameter set to the algorithm's default counts as left out), so a changed entry runs again (``--version`` /
@@ -136,9 +136,9 @@ def variants(entry: dict, env_id: str, algo: str = "ppo_attn") -> dict[str, dict
         # running statistics of a position follow where the policy keeps it, and keep moving after the learning
         # rate has annealed to 0.
         "raw observations": dict(normalize="{'norm_obs': False, 'norm_reward': True}" if normalized else None),
-        # Or statistics that stop moving halfway through the budget (normalization.py's callback).
+        # Or statistics that stop moving halfway through the budget.
         "freeze normalization at half": dict(
-            callback=[{"normalization.FreezeNormalization": {"after_steps": int(float(entry["n_timesteps"])) // 2}}]
+            callback=[{"sb3_attn_ac.callbacks.FreezeNormalization": {"after_steps": int(float(entry["n_timesteps"])) // 2}}]
             if normalized
             else None
         ),

@@ -59,7 +59,37 @@ class TrainStatistics(BaseCallback):
     def _on_step(self) -> bool:
         return True
 
+    def _groups(self) -> dict[str, list[th.nn.Parameter]]:
+        """The policy's trained parameters by part: the actor's MLP and action head, the critic's, the offset (and
+        start) biases, and the rest (embeddings, the transformer's weights, the contrastive heads)."""
+        policy = self.model.policy
+        parts = {
+            "actor": [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()],
+            "critic": [*policy.mlp_extractor.value_net.parameters(), *policy.value_net.parameters()],
+            "biases": [p for n, p in policy.named_parameters() if n.endswith(("offset_bias_raw", "start_bias_raw"))],
+        }
+        taken = {id(p) for ps in parts.values() for p in ps}
+        parts["rest"] = [p for p in policy.parameters() if p.requires_grad and id(p) not in taken]
+        return parts
+
+    def _on_rollout_start(self) -> None:
+        # The update between the last rollout's end and this rollout: how far each part moved (RMS per parameter, in
+        # units of the learning rate it ran with) and the size of Adam's gradient estimates there (RMS of sqrt(v)).
+        # Adam's step is about lr * m / sqrt(v) per parameter whatever the gradient's scale, so a part whose gradient
+        # is pure noise still moves by about lr per step.
+        before = getattr(self, "_before", None)
+        if before is None:
+            return
+        optimizer = self.model.policy.optimizer
+        lr = optimizer.param_groups[0]["lr"]
+        for name, params in self._groups().items():
+            moved = th.cat([(p.detach() - b).flatten() for p, b in zip(params, before[name], strict=True)])
+            sqrt_v = th.cat([optimizer.state[p]["exp_avg_sq"].sqrt().flatten() for p in params if p in optimizer.state])
+            self.logger.record(f"move/{name}", float(moved.square().mean().sqrt()) / lr if lr else float("nan"))
+            self.logger.record(f"sqrt_v/{name}", float(sqrt_v.square().mean().sqrt()))
+
     def _on_rollout_end(self) -> None:
+        self._before = {name: [p.detach().clone() for p in ps] for name, ps in self._groups().items()}
         for head, norms in self.grad_norms.items():  # the update before this rollout (none before the first)
             if norms:
                 self.logger.record(f"grad/{head}", sum(norms) / len(norms))

@@ -21,7 +21,7 @@ from pathlib import Path
 import common  # one torch thread; must come first
 import report
 import rl_zoo3.import_envs  # noqa: F401  (registers the NoVel envs)
-from rl_zoo3.utils import linear_schedule
+from rl_zoo3.utils import get_callback_list, linear_schedule
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
@@ -146,8 +146,10 @@ def attn_config(env_id: str) -> dict:
 
 def train_and_evaluate(algo: str, env_id: str, seed: int, timesteps: int) -> dict:
     model = make_model(algo, env_id, seed)
+    # AttnPPO's entry's callbacks as rl-zoo3 builds them (CartPoleNoVel-v1's statistics frozen at half its budget).
+    callbacks = get_callback_list(report.hyperparams("ppo_attn", env_id)) if algo == "attn_ppo" else []
     start = time.perf_counter()
-    model.learn(timesteps)
+    model.learn(timesteps, callback=callbacks)
     wall = time.perf_counter() - start
     env = model.get_env()
     env.training, env.norm_reward = False, False

@@ -8,6 +8,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch as th
 
 from sb3_attn_ac import __version__
 
@@ -274,6 +275,31 @@ def test_diagnose_logs_the_gradients_each_head_sends_into_the_shared_transformer
     assert all(len(norms) == 2 * 2 for norms in callback.grad_norms.values())  # 2 epochs x 2 minibatches
 
 
+def test_diagnose_logs_how_far_each_part_moved_in_an_update(tmp_path, monkeypatch) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import diagnose
+
+    from sb3_attn_ac import AttnPPO
+
+    monkeypatch.setenv("DIAGNOSE_DIR", str(tmp_path))
+    model = AttnPPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, actor_context=True, seed=0)
+    callback = diagnose.TrainStatistics()
+    model.learn(2 * 64, callback=callback)
+    # The last update ran after the last rollout's snapshot; the next rollout's start would log it.
+    policy = model.policy
+    actor = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()]
+    moved = th.cat([(p.detach() - b).flatten() for p, b in zip(actor, callback._before["actor"], strict=True)])
+    lr = policy.optimizer.param_groups[0]["lr"]
+    callback._on_rollout_start()
+    logged = model.logger.name_to_value
+    assert logged["move/actor"] == pytest.approx(float(moved.square().mean().sqrt()) / lr)
+    assert logged["move/actor"] > 0 and logged["move/biases"] > 0
+    # Every trained parameter is in exactly one part.
+    parts = callback._groups()
+    assert sum(len(ps) for ps in parts.values()) == len([p for p in policy.parameters() if p.requires_grad])
+    assert all(logged[f"sqrt_v/{name}"] > 0 for name in parts)
+
+
 def test_diagnose_logs_both_transformers_biases_and_the_start_bias(tmp_path, monkeypatch) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import diagnose
@@ -461,21 +487,3 @@ def test_cartpole_margin_evaluates_under_the_runs_statistics_and_four_shifts(tmp
     )
     assert lengths[0] == pytest.approx(mean)
     assert all(1 <= length <= 500 for length in lengths)
-
-
-def test_freeze_normalization_stops_the_statistics_after_its_steps() -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import normalization
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
-
-    env = VecNormalize(make_vec_env("CartPole-v1", n_envs=2, seed=0))
-    model = PPO("MlpPolicy", env, n_steps=32, batch_size=64, n_epochs=1, seed=0)
-    model.learn(128, callback=normalization.FreezeNormalization(after_steps=64))
-    # The statistics saw the first reset's 2 observations and the steps up to the 64th (two envs a step), then none.
-    assert not env.training and env.obs_rms.count == pytest.approx(2 + 64 + 1e-4)
-    with pytest.raises(ValueError, match="after_steps must be >= 0, got -1"):
-        normalization.FreezeNormalization(after_steps=-1)
-    with pytest.raises(ValueError, match="needs a VecNormalize env"):
-        PPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32).learn(32, callback=normalization.FreezeNormalization(0))

@@ -1,12 +1,12 @@
-"""An rl-zoo3 callback for the benchmarks' entries: VecNormalize's running statistics stop updating after a given
-number of steps (``ablations.py`` variant ``"freeze normalization at half"``). A position's running mean and std
-follow where the policy keeps it; once the learning rate has annealed towards 0 the network cannot follow them
-(README "Ablations", ``cartpole_checkpoints.py``).
+"""Callbacks for training with observation normalisation.
 
-In an entry (the benchmarks folder on the path, as ``report.train`` puts it)::
+:class:`FreezeNormalization` stops VecNormalize's running statistics after a number of steps. A position that the
+policy only weakly holds (CartPoleNoVel's cart) feeds back through them: the cart wanders, the running std of its
+position grows, the network sees a smaller position and lets it wander further, and once the learning rate has
+annealed towards 0 the network cannot follow (README "Ablations"). In an rl-zoo3 entry (``attn-zoo train``)::
 
     callback:
-      - normalization.FreezeNormalization:
+      - sb3_attn_ac.callbacks.FreezeNormalization:
           after_steps: 50000
 """
 
@@ -22,8 +22,8 @@ class FreezeNormalization(BaseCallback):
 
     def __init__(self, after_steps: int) -> None:
         super().__init__()
-        if after_steps < 0:
-            raise ValueError(f"after_steps must be >= 0, got {after_steps}")
+        if isinstance(after_steps, bool) or not isinstance(after_steps, int | float) or after_steps < 0:
+            raise ValueError(f"after_steps must be a number of timesteps >= 0, got {after_steps!r}")
         self.after_steps = after_steps
 
     def _on_training_start(self) -> None:
