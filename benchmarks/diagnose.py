@@ -6,9 +6,12 @@ CSV (``progress.csv`` in ``--logs``), and the scale of each rollout's advantages
 *why* a run fails: what the heads attend to, when the policy turns deterministic, whether an update jumped. It also
 logs the size of the gradient that the value head and the actor each send into the transformer's outputs (the L2 norm
 per minibatch, averaged over an update: ``grad/value_head``, ``grad/actor``): with the shared transformer it tells
-which loss shapes what both heads read. The callback only reads, so the run is the report's run (same seed, same
-result); evaluations every 10% of the budget as the report's. A ``popgym-...`` env trains with ``popgym_tasks.py``'s
-AttnPPO entry (plain observations, 1e5 steps unless ``--set`` changes them).
+which loss shapes what both heads read. After every update it logs how far each part of the policy moved (``move/actor``,
+``critic``, ``biases``, ``rest``: the RMS change per parameter in units of the learning rate) and the RMS of Adam's
+sqrt(v) there (``sqrt_v/...``): Adam steps about the learning rate whatever the gradient's scale, so a part moves as
+far under a loss at chance as under one that carries signal. The callback only reads, so the run is the report's run
+(same seed, same result); evaluations every 10% of the budget as the report's. A ``popgym-...`` env trains with
+``popgym_tasks.py``'s AttnPPO entry (plain observations, 1e5 steps unless ``--set`` changes them).
 
     python benchmarks/diagnose.py --env CartPoleNoVel-v1 --seed 101
     python benchmarks/diagnose.py --env CartPoleNoVel-v1 --seed 100 --set prev_action=false
@@ -136,7 +139,8 @@ def main() -> None:
     for override in args.set:
         name, value = override.split("=", 1)
         entry[name] = yaml.safe_load(value)
-    entry["callback"] = "diagnose.TrainStatistics"
+    own = entry.get("callback") or []  # the entry's callbacks (CartPoleNoVel-v1 freezes its statistics) run too
+    entry["callback"] = [*(own if isinstance(own, list) else [own]), "diagnose.TrainStatistics"]
     folder = args.logs / f"{args.env}_seed{args.seed}"
     os.environ["DIAGNOSE_DIR"] = str(folder.resolve())
     here = str(Path(__file__).parent.resolve())  # the zoo subprocess imports this module for the callback
@@ -146,7 +150,9 @@ def main() -> None:
     table = pd.read_csv(folder / "progress.csv")
     table = table.ffill()[table["train/value_loss"].notna()]  # one row per update (biases: the rollout before it)
     columns = ["time/total_timesteps", "rollout/ep_rew_mean", "train/approx_kl", "train/entropy_loss", "train/value_loss",
-               "train/explained_variance", "adv/std", "adv/return_std", "grad/value_head", "grad/actor"]  # fmt: skip
+               "train/explained_variance", "train/contrastive_loss", "adv/std", "adv/return_std", "grad/value_head",
+               "grad/actor", *(f"{kind}/{part}" for kind in ("move", "sqrt_v")
+                               for part in ("actor", "critic", "biases", "rest"))]  # fmt: skip
     table["grad/actor_to_value"] = table["grad/actor"] / table["grad/value_head"]
     columns = [c for c in columns if c in table] + ["grad/actor_to_value"] + [c for c in table if c.startswith("bias/")]
     print(table[columns].iloc[:: max(1, len(table) // 20)].to_string(float_format=lambda x: f"{x:.3g}"))
