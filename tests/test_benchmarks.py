@@ -255,17 +255,25 @@ def test_popgym_observations_are_popgyms_baseline_wrappers_on_a_made_env() -> No
         assert np.array_equal(obs[1], action) and obs[2] == 0
 
 
-def test_diagnose_logs_the_gradients_each_head_sends_into_the_shared_transformer(tmp_path, monkeypatch) -> None:
+def diagnosed_run(tmp_path: Path, monkeypatch, rollouts: int, **kwargs):
+    """A small AttnPPO (actor context, rollouts of 64 steps, 2 epochs of 2 minibatches) trained for ``rollouts``
+    rollouts with diagnose.py's callback logging to ``tmp_path``; returns the model and the callback."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import diagnose
-    import pandas as pd
 
     from sb3_attn_ac import AttnPPO
 
     monkeypatch.setenv("DIAGNOSE_DIR", str(tmp_path))
-    model = AttnPPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, actor_context=True, seed=0)
+    model = AttnPPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, actor_context=True, seed=0, **kwargs)
     callback = diagnose.TrainStatistics()
-    model.learn(3 * 64, callback=callback)
+    model.learn(rollouts * 64, callback=callback)
+    return model, callback
+
+
+def test_diagnose_logs_the_gradients_each_head_sends_into_the_shared_transformer(tmp_path, monkeypatch) -> None:
+    import pandas as pd
+
+    _, callback = diagnosed_run(tmp_path, monkeypatch, rollouts=3)
     table = pd.read_csv(tmp_path / "progress.csv")
     updates = table[table["train/value_loss"].notna()]
     # Two updates ran before the last rollout ended; each logged a positive norm for both heads.
@@ -276,15 +284,7 @@ def test_diagnose_logs_the_gradients_each_head_sends_into_the_shared_transformer
 
 
 def test_diagnose_logs_how_far_each_part_moved_in_an_update(tmp_path, monkeypatch) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import diagnose
-
-    from sb3_attn_ac import AttnPPO
-
-    monkeypatch.setenv("DIAGNOSE_DIR", str(tmp_path))
-    model = AttnPPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, actor_context=True, seed=0)
-    callback = diagnose.TrainStatistics()
-    model.learn(2 * 64, callback=callback)
+    model, callback = diagnosed_run(tmp_path, monkeypatch, rollouts=2)
     # The last update ran after the last rollout's snapshot; the next rollout's start would log it.
     policy = model.policy
     actor = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()]
@@ -301,18 +301,9 @@ def test_diagnose_logs_how_far_each_part_moved_in_an_update(tmp_path, monkeypatc
 
 
 def test_diagnose_logs_both_transformers_biases_and_the_start_bias(tmp_path, monkeypatch) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import diagnose
     import pandas as pd
 
-    from sb3_attn_ac import AttnPPO
-
-    monkeypatch.setenv("DIAGNOSE_DIR", str(tmp_path))
-    model = AttnPPO(
-        "MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, actor_context=True, shared_transformer=False,
-        start_bias=True, seed=0,
-    )  # fmt: skip
-    model.learn(2 * 64, callback=diagnose.TrainStatistics())
+    diagnosed_run(tmp_path, monkeypatch, rollouts=2, shared_transformer=False, start_bias=True)
     table = pd.read_csv(tmp_path / "progress.csv")
     for name in ["", "actor_"]:
         assert {f"bias/{name}l0h{h}{what}" for h in (0, 1) for what in ("o0", "rest", "start")} <= set(table)
