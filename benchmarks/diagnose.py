@@ -37,6 +37,19 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 
 
+def policy_parts(policy: th.nn.Module) -> dict[str, list[th.nn.Parameter]]:
+    """The policy's trained parameters by part: the actor's MLP and action head, the critic's, the offset (and start)
+    biases, and the rest (embeddings, the transformer's weights, the contrastive heads)."""
+    parts = {
+        "actor": [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()],
+        "critic": [*policy.mlp_extractor.value_net.parameters(), *policy.value_net.parameters()],
+        "biases": [p for n, p in policy.named_parameters() if n.endswith(("offset_bias_raw", "start_bias_raw"))],
+    }
+    taken = {id(p) for ps in parts.values() for p in ps}
+    parts["rest"] = [p for p in policy.parameters() if p.requires_grad and id(p) not in taken]
+    return parts
+
+
 class TrainStatistics(BaseCallback):
     """Send SB3's logger to a CSV in ``$DIAGNOSE_DIR``; record the offset biases after every rollout and the gradients
     the heads sent into the transformer's outputs in the update before it."""
@@ -45,6 +58,8 @@ class TrainStatistics(BaseCallback):
         self.model.set_logger(configure(os.environ["DIAGNOSE_DIR"], ["csv"]))
         self.grad_norms: dict[str, list[float]] = {"value_head": [], "actor": []}
         policy = self.model.policy
+        self.parts = policy_parts(policy)  # the same parameter objects all run long
+        self._before: dict[str, list[th.Tensor]] | None = None  # each part at the last rollout's end
         value_head, action_distribution = policy._value_head, policy.action_distribution
         # The heads' inputs get a hook that records the gradient arriving there (training passes only: acting runs
         # without gradients). Instance attributes: the policy's methods are unchanged.
@@ -62,37 +77,24 @@ class TrainStatistics(BaseCallback):
     def _on_step(self) -> bool:
         return True
 
-    def _groups(self) -> dict[str, list[th.nn.Parameter]]:
-        """The policy's trained parameters by part: the actor's MLP and action head, the critic's, the offset (and
-        start) biases, and the rest (embeddings, the transformer's weights, the contrastive heads)."""
-        policy = self.model.policy
-        parts = {
-            "actor": [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()],
-            "critic": [*policy.mlp_extractor.value_net.parameters(), *policy.value_net.parameters()],
-            "biases": [p for n, p in policy.named_parameters() if n.endswith(("offset_bias_raw", "start_bias_raw"))],
-        }
-        taken = {id(p) for ps in parts.values() for p in ps}
-        parts["rest"] = [p for p in policy.parameters() if p.requires_grad and id(p) not in taken]
-        return parts
-
     def _on_rollout_start(self) -> None:
         # The update between the last rollout's end and this rollout: how far each part moved (RMS per parameter, in
         # units of the learning rate it ran with) and the size of Adam's gradient estimates there (RMS of sqrt(v)).
         # Adam's step is about lr * m / sqrt(v) per parameter whatever the gradient's scale, so a part whose gradient
         # is pure noise still moves by about lr per step.
-        before = getattr(self, "_before", None)
-        if before is None:
+        before = self._before
+        if before is None:  # no update yet
             return
         optimizer = self.model.policy.optimizer
         lr = optimizer.param_groups[0]["lr"]
-        for name, params in self._groups().items():
+        for name, params in self.parts.items():
             moved = th.cat([(p.detach() - b).flatten() for p, b in zip(params, before[name], strict=True)])
             sqrt_v = th.cat([optimizer.state[p]["exp_avg_sq"].sqrt().flatten() for p in params if p in optimizer.state])
             self.logger.record(f"move/{name}", float(moved.square().mean().sqrt()) / lr if lr else float("nan"))
             self.logger.record(f"sqrt_v/{name}", float(sqrt_v.square().mean().sqrt()))
 
     def _on_rollout_end(self) -> None:
-        self._before = {name: [p.detach().clone() for p in ps] for name, ps in self._groups().items()}
+        self._before = {name: [p.detach().clone() for p in ps] for name, ps in self.parts.items()}
         for head, norms in self.grad_norms.items():  # the update before this rollout (none before the first)
             if norms:
                 self.logger.record(f"grad/{head}", sum(norms) / len(norms))

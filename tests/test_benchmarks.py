@@ -295,7 +295,7 @@ def test_diagnose_logs_how_far_each_part_moved_in_an_update(tmp_path, monkeypatc
     assert logged["move/actor"] == pytest.approx(float(moved.square().mean().sqrt()) / lr)
     assert logged["move/actor"] > 0 and logged["move/biases"] > 0
     # Every trained parameter is in exactly one part.
-    parts = callback._groups()
+    parts = callback.parts
     assert sum(len(ps) for ps in parts.values()) == len([p for p in policy.parameters() if p.requires_grad])
     assert all(logged[f"sqrt_v/{name}"] > 0 for name in parts)
 
