@@ -51,19 +51,22 @@ def frozen_model(n_envs: int = 3, max_steps: int = 20, **kwargs) -> AttnA2C:
 
 
 @pytest.mark.parametrize(
-    ("ct_coef", "actor_context", "q_att_coef", "shared_transformer", "prev_action"),
+    ("ct_coef", "actor_context", "q_att_coef", "shared_transformer", "prev_action", "window"),
     [
-        (0.0, False, 0.0, True, False),
-        (0.1, False, 0.0, True, False),
-        (0.1, True, 0.0, True, False),
-        (0.1, True, 0.0, False, False),
-        (0.1, False, 3.0, True, False),
-        (0.1, True, 0.0, True, True),
-        (0.1, True, 0.0, False, True),
+        (0.0, False, 0.0, True, False, {}),
+        (0.1, False, 0.0, True, False, {}),
+        (0.1, True, 0.0, True, False, {}),
+        (0.1, True, 0.0, False, False, {}),
+        (0.1, False, 3.0, True, False, {}),
+        (0.1, True, 0.0, True, True, {}),
+        (0.1, True, 0.0, False, True, {}),
+        # A local window's short prefix: the episode's first step, then 2 * (2 - 1) steps (2 * 9 without it); the
+        # first step is read up to 9 steps back, across the 7-step rollouts.
+        (0.1, True, 0.0, False, True, dict(context_len=10, local_window=2, start_bias=True)),
     ],
 )
 def test_rollout_values_equal_trajectory_values(
-    ct_coef: float, actor_context: bool, q_att_coef: float, shared_transformer: bool, prev_action: bool
+    ct_coef: float, actor_context: bool, q_att_coef: float, shared_transformer: bool, prev_action: bool, window: dict
 ) -> None:
     # Episodes (time limit 20) cross rollout boundaries (7 steps) and a second learn() call.
     model = frozen_model(
@@ -72,9 +75,13 @@ def test_rollout_values_equal_trajectory_values(
         q_att_coef=q_att_coef,
         shared_transformer=shared_transformer,
         prev_action=prev_action,
+        **window,
     )
     if q_att_coef:
         th.nn.init.normal_(model.policy.q_head.weight)  # Q_att must visibly shape the acting distribution
+    for name, param in model.policy.named_parameters():
+        if name.endswith("start_bias_raw"):  # zero at init: make the first step's bias matter
+            th.nn.init.normal_(param, std=0.3)
     for embedding in [model.policy.action_embedding, getattr(model.policy.actor_encoder, "action_embedding", None)]:
         if embedding is not None:
             th.nn.init.normal_(embedding.weight)  # the previous action must visibly move values and actions

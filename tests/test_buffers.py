@@ -67,3 +67,22 @@ def test_short_rollout_and_zero_prefix() -> None:
     assert s.index.shape == (1, 3) and s.step_cols[:, 0].tolist() == [0, 1]
     buffer.reset()
     assert buffer.prefix_observations.shape == (0, 1, 1)
+
+
+def test_keep_first_step_carries_the_episode_start_before_the_last_steps() -> None:
+    buffer = EpisodeRolloutBuffer(4, OBS, ACT, n_envs=2, prefix_len=3, keep_first_step=True)
+    # env 0: one episode from step 10 on; env 1: a new episode at its third step (22), inside the last two.
+    fill(buffer, np.array([[10, 20], [11, 21], [12, 22], [13, 23]], np.float32), np.array([[1, 1], [0, 0], [0, 1], [0, 0]]))
+    buffer.finish_rollout(np.array([[14], [24]], np.float32), np.array([False, False]))
+    buffer.reset()
+    assert buffer.prefix_observations[:, :, 0].T.tolist() == [[10, 12, 13], [21, 22, 23]]
+    assert buffer.prefix_timesteps.T.tolist() == [[0, 2, 3], [1, 0, 1]]
+    # One rollout later the start of env 0's episode (now 7 steps back) is still the first row; env 1's moves in.
+    fill(buffer, np.array([[14, 24], [15, 25], [16, 26], [17, 27]], np.float32), np.zeros((4, 2)))
+    buffer.finish_rollout(np.array([[18], [28]], np.float32), np.array([False, False]))
+    s = buffer.streams()
+    assert s.keeps_first_step and s.n_prefix == 3
+    assert [s.observations[i, 0].item() for i in s.index[0, :7]] == [10, 12, 13, 14, 15, 16, 17]
+    buffer.reset()
+    assert buffer.prefix_observations[:, :, 0].T.tolist() == [[10, 16, 17], [22, 26, 27]]
+    assert buffer.prefix_timesteps.T.tolist() == [[0, 6, 7], [0, 4, 5]]

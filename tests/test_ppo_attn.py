@@ -63,13 +63,16 @@ def test_cue_recall_needs_actor_context(actor_context: bool) -> None:
         dict(actor_context=True, prev_action=True),
         dict(actor_context=True, shared_transformer=False, start_bias=True),
         dict(actor_context=True, shared_transformer=False, start_bias=True, local_window=2),
+        # The short prefix of a local window (the first step, then 2 * (2 - 1) steps, instead of 2 * 7): episodes of
+        # 12 steps cross the 16-step rollouts and their first step stays readable 7 steps back.
+        dict(actor_context=True, start_bias=True, prev_action=True, local_window=2, context_len=8),
         dict(actor_context=True, shared_transformer=False, position_encoding="alibi"),
     ],
 )
 def test_segments_replay_acting_context_exactly(kwargs: dict) -> None:
     # Frozen parameters: the minibatch segments must reproduce the acting-time log-probs and values.
     env = make_vec_env("CartPole-v1", n_envs=3, seed=0, env_kwargs=dict(max_episode_steps=12))
-    model = AttnPPO("MlpPolicy", env, learning_rate=0.0, n_layers=2, **kwargs, **TINY)
+    model = AttnPPO("MlpPolicy", env, learning_rate=0.0, n_layers=2, **{**TINY, **kwargs})
     if model.policy.action_embedding is not None:
         th.nn.init.normal_(model.policy.action_embedding.weight)  # the previous action must visibly matter
     for name, param in model.policy.named_parameters():

@@ -2,7 +2,15 @@ import pytest
 import torch as th
 from torch import nn
 
-from sb3_attn_ac.common.torch_layers import Band, EpisodeTransformer, KVCache, SinusoidalPositions, TokenMeta
+from sb3_attn_ac.common.torch_layers import (
+    Band,
+    EpisodeTransformer,
+    KVCache,
+    SinusoidalPositions,
+    TokenMeta,
+    keeps_first_step,
+    stream_prefix_len,
+)
 
 
 def make_meta(starts: list[int], T: int) -> TokenMeta:
@@ -145,6 +153,17 @@ def test_local_window_keeps_the_first_step_and_the_last_steps(T: int) -> None:
         for t in range(T):
             out, cache = model.step(x[:, t], cache.reset(meta.timesteps[:, t] == 0), meta.timesteps[:, t])
             assert th.allclose(out[0], batched[0, t], atol=1e-5), t
+        # The short context a rollout carries (stream_prefix_len: the episode's first step, then the last 2 * (w - 1)
+        # steps, a gap between) warms a cache that continues exactly: after step 10, the first step is 6 back.
+        assert stream_prefix_len(2, K, w) == 5 < 2 * (K - 1) and keeps_first_step(2, K, w)
+        columns = th.tensor([5, 7, 8, 9, 10])
+        context = TokenMeta(*(m[:, columns] for m in meta))
+        _, keys, values = model.forward_with_keys(x[:, columns], model.band(context))
+        cache = KVCache.from_stream(keys, values, context, K)
+        assert cache.valid[0].tolist() == [False, True, False, True, True, True, True]  # 6 back, then 4, 3, 2, 1
+        for t in range(11, T):
+            out, cache = model.step(x[:, t], cache.reset(meta.timesteps[:, t] == 0), meta.timesteps[:, t])
+            assert th.allclose(out[0], batched[0, t], atol=1e-5), t
 
 
 def test_chunked_attention_equals_dense_window() -> None:
@@ -214,9 +233,8 @@ def test_incremental_steps_equal_the_batched_pass() -> None:
             assert th.allclose(out[0], batched[0, t], atol=1e-5), t
     # A cache built by a batched pass over the first 20 steps continues exactly like the batched pass.
     head = TokenMeta(*(m[:, :20] for m in meta))
-    _, keys, values = model.forward_with_cache(x[:, :20], Band(head, K))
-    tail = TokenMeta(*(m[:, 20 - (K - 1) : 20] for m in meta))
-    cache = KVCache(keys, values, tail.valid & (tail.episode_ids == head.episode_ids[:, -1:]))
+    _, keys, values = model.forward_with_keys(x[:, :20], Band(head, K))
+    cache = KVCache.from_stream(keys, values, head, K)
     with th.no_grad():
         for t in range(20, T):
             out, cache = model.step(x[:, t], cache.reset(starts[t : t + 1]), meta.timesteps[:, t])

@@ -46,6 +46,27 @@ def dropout_layer(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
+def stream_prefix_len(n_layers: int, context_len: int, local_window: int | None) -> int:
+    """Steps of context a stream must hold before a token for that token's output to be the one it had while
+    acting: the receptive field ``n_layers * (context_len - 1)``, or with a local window w the last
+    ``n_layers * (w - 1)`` steps and one more column for the episode's first step (beyond the local window a layer
+    reads only that step, whose outputs depend on itself alone), where that is fewer.
+
+    :param n_layers: transformer blocks
+    :param context_len: K, each layer's window
+    :param local_window: w <= K, or None
+    """
+    full = n_layers * (context_len - 1)
+    return full if local_window is None else min(full, 1 + n_layers * (local_window - 1))
+
+
+def keeps_first_step(n_layers: int, context_len: int, local_window: int | None) -> bool:
+    """Whether :func:`stream_prefix_len`'s context is a local window's: its first column holds the episode's first
+    step wherever that lies before the other columns (see
+    :class:`~sb3_attn_ac.common.attention.buffers.EpisodeBufferMixin`)."""
+    return stream_prefix_len(n_layers, context_len, local_window) < n_layers * (context_len - 1)
+
+
 class Band:
     """Layout (one window or chunks) and attention mask shared by all layers of one forward pass.
 
@@ -90,8 +111,16 @@ class Band:
         # to scatter back in the backward pass.
         positions = th.arange(T, device=delta.device)[None, None, :, None]
         distance = self.queries(positions)[:, 0, ..., 0, None] - self.windows(positions)[:, 0, ..., None, :, 0]
-        if bool(((delta == distance) | ~allowed).all()):
+        in_place = (delta == distance) | ~allowed
+        first_steps = (k_ts == 0)[..., None, :]  # (B, nC, 1, W)
+        # A local window's context holds its episode's first step out of place (a gap after it): one table still
+        # serves every other key, and each query's offset to its first step (its own timestep) is looked up apart.
+        self.start_offsets: th.Tensor | None = None
+        if bool(in_place.all()):
             delta = distance  # (1, nC, C, W)
+        elif bool((in_place | first_steps).all()):
+            delta = distance
+            self.start_offsets = q_ts.clamp(max=context_len - 1) + context_len - 1  # (B, nC, C)
         self.offsets = delta.clamp(1 - context_len, context_len - 1) + context_len - 1  # (B or 1, nC, C, W)
         self.starts = (k_ts == 0)[:, None, :, None, :]  # (B, 1, nC, 1, W): keys that are their episode's first step
 
@@ -101,6 +130,7 @@ class Band:
         band.allowed = self.allowed[rows]
         band.attn_mask = band.allowed[:, None]
         band.offsets = self.offsets if len(self.offsets) == 1 else self.offsets[rows]
+        band.start_offsets = None if self.start_offsets is None else self.start_offsets[rows]
         band.starts = self.starts[rows]
         return band
 
@@ -117,6 +147,9 @@ class Band:
             return self.attn_mask
         H = offset_bias.shape[0]
         bias = offset_bias[:, self.offsets.flatten()].view(H, *self.offsets.shape).transpose(0, 1)  # (B or 1, H, ...)
+        if self.start_offsets is not None:  # each query's offset to its episode's first step
+            to_start = offset_bias[:, self.start_offsets.flatten()].view(H, *self.start_offsets.shape).transpose(0, 1)
+            bias = th.where(self.starts, to_start[..., None], bias)
         if start_bias is not None:
             bias = bias + start_bias[:, None, None, None] * self.starts
         return bias.masked_fill(~self.attn_mask, float("-inf"))
@@ -416,18 +449,18 @@ class EpisodeTransformer(nn.Module):
             x = block(x, band)[0]
         return weights
 
-    def forward_with_cache(self, x: th.Tensor, band: Band) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """:meth:`forward`, also returning every layer's keys and values of the last K - 1 tokens (a warm
-        :class:`KVCache`; needs T >= K - 1).
+    def forward_with_keys(self, x: th.Tensor, band: Band) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """:meth:`forward`, also returning every layer's keys and values of every token (from which
+        :meth:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy.cache_from_stream` fills a warm
+        :class:`KVCache`).
 
-        :return: (B, T, D) outputs, keys and values each (n_layers, B, H, K - 1, d)
+        :return: (B, T, D) outputs, keys and values each (n_layers, B, H, T, d)
         """
-        n = self.context_len - 1
         keys, values = [], []
         for block in self.blocks:
             x, k, v = block(x, band)
-            keys.append(k[:, :, k.shape[2] - n :])
-            values.append(v[:, :, v.shape[2] - n :])
+            keys.append(k)
+            values.append(v)
         return self.ln_f(x), th.stack(keys), th.stack(values)
 
     def forward_from_cache(self, x: th.Tensor, band: Band, cache: "KVCache") -> tuple[th.Tensor, th.Tensor, th.Tensor]:
@@ -476,6 +509,31 @@ class KVCache(NamedTuple):
     keys: th.Tensor
     values: th.Tensor
     valid: th.Tensor
+
+    @classmethod
+    def from_stream(cls, keys: th.Tensor, values: th.Tensor, meta: TokenMeta, context_len: int) -> "KVCache":
+        """The cache after each row's last token: the steps of that token's episode, each in the slot of how many
+        steps before the next token it lies (by episode step, not column, so a stream whose first column is the
+        episode's first step with a gap after it, as a local window's context, fills the slots the window reads).
+
+        :param keys: (n_layers, B, H, P, d) every layer's keys of the stream's tokens
+            (:meth:`EpisodeTransformer.forward_with_keys`)
+        :param values: (n_layers, B, H, P, d) their values
+        :param meta: (B, P) the tokens' metadata
+        :param context_len: K
+        """
+        n_layers, B, H, _, d = keys.shape
+        n = context_len - 1
+        back = meta.timesteps[:, -1:] + 1 - meta.timesteps  # (B, P) steps before the next token
+        held = meta.valid & (meta.episode_ids == meta.episode_ids[:, -1:]) & (back >= 1) & (back <= n)
+        rows, cols = held.nonzero(as_tuple=True)
+        slots = n - back[rows, cols]  # slot j holds the step K - 1 - j before the next token
+        cached_keys, cached_values = keys.new_zeros(n_layers, B, H, n, d), values.new_zeros(n_layers, B, H, n, d)
+        cached_keys[:, rows, :, slots] = keys[:, rows, :, cols]
+        cached_values[:, rows, :, slots] = values[:, rows, :, cols]
+        valid = th.zeros(B, n, dtype=th.bool, device=keys.device)
+        valid[rows, slots] = True
+        return cls(cached_keys, cached_values, valid)
 
     def reset(self, rows: th.Tensor) -> "KVCache":
         """Empty the cache of the rows where a new episode starts.

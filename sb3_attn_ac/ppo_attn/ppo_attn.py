@@ -242,15 +242,17 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         if self.clip_range_vf is not None:
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
 
-    def segment_len(self, stream_len: int, n_minibatches: int) -> int:
+    def segment_len(self, stream_len: int, n_minibatches: int, n_context: int) -> int:
         """Columns per minibatch segment: long enough that each env's stream gives one segment per minibatch,
-        and at least twice the receptive field that precedes it as context (and 16), to bound that overhead.
+        and at least twice the context that precedes it (and 16), to bound that overhead.
 
         :param stream_len: columns of each env's stream after the carried prefix
         :param n_minibatches: minibatches per epoch
+        :param n_context: columns of context before each segment (the streams' prefix: the receptive field, or a
+            local window's shorter one)
         """
         per_env = -(-n_minibatches // self.n_envs)
-        return max(16, 2 * self.n_layers * (self.context_len - 1), -(-stream_len // per_env))
+        return max(16, 2 * n_context, -(-stream_len // per_env))
 
     def train(self) -> None:
         """Update policy using the currently gathered rollout buffer (n_epochs over segment minibatches)."""
@@ -263,7 +265,7 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         assert streams is not None, "collect a rollout first"
         trained = buffer.flat_tensor(buffer.trained)
         n_minibatches = -(-int(buffer.trained.sum()) // self.batch_size)  # as PPO: ceil(steps / batch)
-        segment_len = self.segment_len(streams.index.shape[1] - streams.n_prefix, n_minibatches)
+        segment_len = self.segment_len(streams.index.shape[1] - streams.n_prefix, n_minibatches, streams.n_prefix)
         segments = segment_streams(streams, segment_len, None if buffer.trained.all() else trained)
         n_segments = len(segments.index)
         n_minibatches = min(n_minibatches, n_segments)

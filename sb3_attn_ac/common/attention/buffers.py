@@ -47,8 +47,15 @@ class EpisodeBufferMixin:
     of the next rollout (right-aligned: rows before it are padding, :attr:`valid_rows` False), so it is
     trained once it has ended. Returns are then Monte-Carlo returns (see :meth:`compute_returns_and_advantage`).
 
-    :param prefix_len: steps of context kept before the first row (``n_layers * (context_len - 1)``)
+    With ``keep_first_step`` (a local window's context, :func:`~sb3_attn_ac.common.torch_layers.stream_prefix_len`)
+    the prefix's first row holds the first step of its last row's episode wherever that lies before the other
+    rows (beyond the local window a layer reads only that step), and the other rows the last ``prefix_len - 1``
+    steps; where the first step is among them, the first row is simply the step before them.
+
+    :param prefix_len: steps of context kept before the first row
+        (:func:`~sb3_attn_ac.common.torch_layers.stream_prefix_len`)
     :param carry_unfinished: keep unfinished episodes for the next rollout instead of training on them
+    :param keep_first_step: the prefix's first row keeps the episode's first step (see above)
     """
 
     # Provided by SB3's buffers.
@@ -74,11 +81,15 @@ class EpisodeBufferMixin:
         n_envs: int = 1,
         prefix_len: int = 0,
         carry_unfinished: bool = False,
+        keep_first_step: bool = False,
     ) -> None:
         if prefix_len < 0:
             raise ValueError(f"prefix_len must be >= 0, got {prefix_len}")
+        if keep_first_step and prefix_len < 1:
+            raise ValueError(f"keep_first_step=True needs prefix_len >= 1, got {prefix_len}")
         self.prefix_len = prefix_len
         self.carry_unfinished = carry_unfinished
+        self.keep_first_step = keep_first_step
         self._carry: tuple[np.ndarray, dict[str, Any]] | None = None  # valid rows and data of unfinished episodes
         self._next_prefix: tuple[Obs, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._next_timestep = np.zeros(n_envs, dtype=np.int64)
@@ -172,8 +183,8 @@ class EpisodeBufferMixin:
         """The ``prefix_len`` steps before the next row (the acting context at the start of a rollout: the prefix,
         or the end of a carried unfinished episode) as streams: (E * P, *obs_shape) observations, row-major,
         (E, P) metadata and (E * P, action_dim) previous actions."""
-        E, P, T = self.n_envs, self.prefix_len, self.pos
-        context = lambda prefix, rows: last_rows(prefix, rows[:T], P)  # noqa: E731
+        E, P = self.n_envs, self.prefix_len
+        context = self._prefix_after(self.pos)
         observations = tree_map(
             lambda o: th.as_tensor(o.swapaxes(0, 1).reshape(E * P, *o.shape[2:]), device=self.device),
             tree_map(context, self.prefix_observations, self.observations),
@@ -185,6 +196,23 @@ class EpisodeBufferMixin:
         )
         prev_actions = context(self.prefix_prev_actions, self.prev_actions).swapaxes(0, 1).reshape(E * P, -1)
         return observations, meta, th.as_tensor(prev_actions, device=self.device)
+
+    def _prefix_after(self, T: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """The function that gives a field's ``prefix_len`` context rows after the prefix and the rollout's first
+        ``T`` rows: their last rows, or with ``keep_first_step`` the episode's first step and the last
+        ``prefix_len - 1`` (see the class)."""
+        P = self.prefix_len
+        if not self.keep_first_step:
+            return lambda prefix, rows: last_rows(prefix, rows[:T], P)
+        starts = np.concatenate(
+            [self.prefix_valid & (self.prefix_timesteps == 0), self.valid_rows[:T] & (self.timesteps[:T] == 0)]
+        )  # (P + T, E): first steps of episodes
+        J = len(starts)
+        latest = J - 1 - np.argmax(starts[::-1], axis=0)  # each env's last first step (its running episode's)
+        index = np.broadcast_to(np.arange(J - P, J)[:, None], (P, self.n_envs)).copy()
+        index[0] = np.where(starts.any(axis=0) & (latest < J - P), latest, J - P)
+        env = np.arange(self.n_envs)
+        return lambda prefix, rows: np.concatenate([prefix, rows[:T]])[index, env]
 
     def add_terminal(self, env_idx: int, terminal_obs: Obs) -> None:
         """Record the terminal observation of env ``env_idx``'s episode truncated at the step just added.
@@ -204,7 +232,7 @@ class EpisodeBufferMixin:
         :param last_obs: the observation after the last step, one per env
         :param last_episode_starts: whether it starts a new episode
         """
-        T, P = self.pos, self.prefix_len
+        T = self.pos
         self.last_observations = tree_map(
             lambda o, shape: np.asarray(o).reshape((self.n_envs, *shape)), last_obs, self.obs_shape
         )
@@ -214,7 +242,7 @@ class EpisodeBufferMixin:
             self._carry_unfinished()
             return
         self.trained = self.valid_rows[:T].copy()
-        tail = lambda prefix, rollout: last_rows(prefix, rollout[:T], P)  # noqa: E731
+        tail = self._prefix_after(T)
         self._next_prefix = (
             tree_map(tail, self.prefix_observations, self.observations),
             tail(self.prefix_timesteps, self.timesteps),
@@ -334,6 +362,7 @@ class EpisodeBufferMixin:
             index=to_torch(index),
             meta=meta,
             n_prefix=P,
+            keeps_first_step=self.keep_first_step,
             step_cols=to_torch(step_cols),
             terminal_cols=to_torch(term_cols),
             terminal_envs=to_torch(term_e),
@@ -346,8 +375,9 @@ class EpisodeBufferMixin:
 
 def segment_streams(streams: EpisodeStreams, length: int, trained: th.Tensor | None = None) -> StreamSegments:
     """Cut each env's stream after the prefix into segments of ``length`` columns, each preceded by the
-    ``n_prefix`` columns before it as context, so every trained rollout step is trained exactly once per epoch
-    with exactly the context it had while acting. Segments with no trained step are dropped.
+    ``n_prefix`` columns before it as context (with ``keeps_first_step``, the first of them replaced by the
+    episode's first step where that lies further back), so every trained rollout step is trained exactly once per
+    epoch with exactly the context it had while acting. Segments with no trained step are dropped.
 
     :param streams: a rollout's streams
     :param length: columns per segment
@@ -366,6 +396,12 @@ def segment_streams(streams: EpisodeStreams, length: int, trained: th.Tensor | N
     cols = first[:, None] + th.arange(-C, length, device=device)  # (S, C + length)
     inside = (cols < L)[None].expand(E, -1, -1)  # (E, S, C + length)
     cols = cols.clamp(max=L - 1)[None].expand(E, -1, -1)
+    if streams.keeps_first_step:  # the first context column: the last first step at or before it
+        starts = streams.meta.valid & (streams.meta.timesteps == 0)  # (E, L)
+        latest = th.where(starts, th.arange(L, device=device), -1).cummax(dim=1).values  # (E, L)
+        before = latest.gather(1, cols[..., 0])  # (E, S)
+        cols = cols.clone()
+        cols[..., 0] = th.where(before >= 0, before, cols[..., 0])
     gather = lambda x: th.gather(x[:, None].expand(-1, cols.shape[1], -1), 2, cols)  # noqa: E731
     steps = th.where(inside, gather(steps_at), -1)
     steps[..., :C] = -1  # the context is not trained here: it belongs to the previous segment (or rollout)

@@ -26,6 +26,7 @@ from sb3_attn_ac.common.attention.policies import (
     AttnMultiInputActorCriticPolicy,
 )
 from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, MaskedPass, StreamValues
+from sb3_attn_ac.common.torch_layers import keeps_first_step, stream_prefix_len
 from sb3_attn_ac.common.utils import (
     check_attention_args,
     check_contrastive_args,
@@ -217,11 +218,13 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
                 "rollout_buffer_class must be EpisodeRolloutBuffer, DictEpisodeRolloutBuffer or a subclass, "
                 f"got {self.rollout_buffer_class}"
             )
-        # The buffer is built before the policy: its prefix (the critic's receptive field) comes from the arguments.
+        # The buffer is built before the policy: its prefix (the critic's receptive field, or with a local window the
+        # episode's first step and the last n_layers * (local_window - 1) steps) comes from the arguments.
         self.rollout_buffer_kwargs = {
             **self.rollout_buffer_kwargs,
-            "prefix_len": self.n_layers * (self.context_len - 1),
+            "prefix_len": stream_prefix_len(self.n_layers, self.context_len, self.local_window),
             "carry_unfinished": self.n_episodes is not None,
+            "keep_first_step": keeps_first_step(self.n_layers, self.context_len, self.local_window),
         }
         # The policy gets the optimizer defaults and the attention arguments on top of the user's policy_kwargs,
         # while self.policy_kwargs (saved, and compared with load()'s policy_kwargs) stays what the user passed.

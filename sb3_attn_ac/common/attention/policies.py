@@ -32,6 +32,7 @@ from sb3_attn_ac.common.torch_layers import (
     KVCache,
     SinusoidalPositions,
     TokenMeta,
+    stream_prefix_len,
 )
 from sb3_attn_ac.common.utils import (
     check_attention_args,
@@ -318,11 +319,6 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             # O(0.1): the first advantages are then all about -V, and A2C's first updates push the policy away
             # from every sampled action. Gain 0.01 (SB3's for action_net) starts V near 0, as A2C's does.
             self.value_net.apply(partial(self.init_weights, gain=0.01))
-
-    @property
-    def receptive_field(self) -> int:
-        """How many earlier steps of the episode can influence V(s_t): ``n_layers * (context_len - 1)``."""
-        return self.transformer.receptive_field
 
     def set_training_mode(self, mode: bool) -> None:
         # Called twice per rollout: nn.Module.train() walks the module tree through __setattr__; a cached flat
@@ -686,25 +682,24 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         return KVCache(zeros, zeros.clone(), th.zeros(n_envs, K - 1, dtype=th.bool, device=self.device))
 
     def cache_from_stream(self, observations: PyTorchObs, meta: TokenMeta, prev_actions: th.Tensor | None = None) -> KVCache:
-        """The cache of the running episodes after streams of the last ``n_layers * (context_len - 1)`` steps
-        (e.g. the rollout buffer's carried prefix), computed with the current parameters.
+        """The cache of the running episodes after streams of their last steps (the rollout buffer's carried
+        prefix: :func:`~sb3_attn_ac.common.torch_layers.stream_prefix_len` steps, with a local window the episode's
+        first step and the last ``n_layers * (local_window - 1)``), computed with the current parameters.
 
         :param observations: (E * P, *obs_shape) the streams' observations, row-major
         :param meta: (E, P) their metadata
         :param prev_actions: (E * P, *action_shape) each step's previous action (needed with ``prev_action``)
         """
         E, P = meta.timesteps.shape
-        n = self.context_len - 1
-        if P < self.receptive_field:
-            raise ValueError(f"the stream must hold n_layers * (context_len - 1) = {self.receptive_field} steps, got {P}")
-        if n == 0:
+        needed = stream_prefix_len(self.n_layers, self.context_len, self.local_window)
+        if P < needed:
+            raise ValueError(f"the stream must hold {needed} steps (stream_prefix_len), got {P}")
+        if self.context_len == 1:
             return self.empty_cache(E)
         encoder = self._acting_encoder
         tokens = self._tokens(encoder, observations, meta.timesteps, prev_actions=prev_actions)
-        _, keys, values = encoder.transformer.forward_with_cache(tokens, encoder.transformer.band(meta))
-        tail = TokenMeta(*(m[:, P - n :] for m in meta))
-        valid = tail.valid & (tail.episode_ids == meta.episode_ids[:, -1:])  # the last step's episode only
-        return KVCache(keys, values, valid)
+        _, keys, values = encoder.transformer.forward_with_keys(tokens, encoder.transformer.band(meta))
+        return KVCache.from_stream(keys, values, meta, self.context_len)
 
     def step(
         self, obs: PyTorchObs, timesteps: th.Tensor, cache: KVCache, prev_actions: th.Tensor | None = None

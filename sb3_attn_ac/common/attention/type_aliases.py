@@ -25,6 +25,9 @@ class EpisodeStreams(NamedTuple):
     :param index: (E, L) row of ``observations`` for each token
     :param meta: (E, L) token metadata
     :param n_prefix: P, number of prefix columns
+    :param keeps_first_step: the context before a step is a local window's: the episode's first step in its
+        first column, then the last ``n_prefix - 1`` steps (:attr:`EpisodeBufferMixin.keep_first_step
+        <sb3_attn_ac.common.attention.buffers.EpisodeBufferMixin>`)
     :param step_cols: (T, E) column of rollout step t of env e
     :param terminal_cols: (n_term,) column of each terminal observation
     :param terminal_envs: (n_term,) its env
@@ -39,6 +42,7 @@ class EpisodeStreams(NamedTuple):
     index: th.Tensor
     meta: TokenMeta
     n_prefix: int
+    keeps_first_step: bool
     step_cols: th.Tensor
     terminal_cols: th.Tensor
     terminal_envs: th.Tensor
