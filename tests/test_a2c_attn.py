@@ -182,6 +182,7 @@ def test_custom_rollout_buffer_class() -> None:
         (dict(position_encoding="rope"), r"position_encoding must be one of \('relative', 'alibi', 'absolute'\)"),
         (dict(prev_action="False"), "prev_action must be True or False, got 'False'"),  # a string from a config file
         (dict(actor_context=1), "actor_context must be True or False, got 1"),
+        (dict(prev_action_encoding="scaled"), r"prev_action_encoding must be one of \('bounded', 'raw'\), got 'scaled'"),
         (dict(start_bias=True, position_encoding="absolute"), 'start_bias=True needs position_encoding="relative" or "alibi"'),
         (dict(local_window=17), r"local_window must be None \(the whole window\) or an integer in \[1, context_len=16\]"),
         (dict(local_window=2.0), r"local_window must be None .* got 2.0"),
@@ -213,6 +214,14 @@ def test_bad_policy_and_space() -> None:
 
     with pytest.raises(ValueError, match="action_space must be one of Box, Discrete, MultiDiscrete, MultiBinary"):
         AttnA2C("MlpPolicy", TupleActionEnv())
+
+    class FixedActionEnv(gym.Env):  # the second action dimension is pinned: nothing to scale it by
+        observation_space = gym.spaces.Box(-1, 1, (2,))
+        action_space = gym.spaces.Box(np.array([-1.0, 0.0]), np.array([1.0, 0.0]))
+
+    with pytest.raises(ValueError, match=r"prev_action_encoding='bounded' .* must be finite with high > low; got Box"):
+        AttnA2C("MlpPolicy", FixedActionEnv(), actor_context=True, prev_action=True)
+    AttnA2C("MlpPolicy", FixedActionEnv(), actor_context=True, prev_action=True, prev_action_encoding="raw")
 
 
 def test_learns_cartpole() -> None:

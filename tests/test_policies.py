@@ -153,3 +153,20 @@ def test_separate_actor_transformer(stream) -> None:
         for p in policy.actor_encoder.parameters():
             p.add_(0.5)
     assert changed(logits, policy.trajectory_distribution(obs, starts).distribution.logits).any()
+
+
+@pytest.mark.parametrize("encoding", ["bounded", "raw"])
+def test_box_previous_action_is_clipped_and_scaled(encoding: str) -> None:
+    # Box [-2, 2]: "bounded" embeds what the env applied, scaled to [-1, 1]; "raw" (0.3.1) the sample itself.
+    action_space = spaces.Box(-2.0, 2.0, (1,))
+    policy = AttnActorCriticPolicy(spaces.Box(-1, 1, (3,)), action_space, ConstantSchedule(1e-3), actor_context=True,
+                                   prev_action=True, shared_transformer=False, prev_action_encoding=encoding)  # fmt: skip
+    encoder = policy.actor_encoder
+    prev_actions = th.tensor([[-5.0], [-2.0], [1.0], [2.0], [3.0], [3.0]])
+    timesteps = th.tensor([1, 1, 1, 1, 1, 0])
+    tokens = policy._action_tokens(encoder, prev_actions, timesteps)
+    weight = encoder.action_embedding.weight[:, 0]
+    scale = 0.5 if encoding == "bounded" else 1.0
+    wanted = [-2.0, -2.0, 1.0, 2.0, 2.0, 0.0] if encoding == "bounded" else [-5.0, -2.0, 1.0, 2.0, 3.0, 0.0]
+    expected = scale * th.tensor(wanted)[:, None] * weight  # nothing at an episode's first step
+    th.testing.assert_close(tokens, expected)

@@ -98,6 +98,29 @@ def test_segments_replay_acting_context_exactly(kwargs: dict) -> None:
     assert model.logger.name_to_value["train/clip_fraction"] == 0.0
 
 
+@pytest.mark.parametrize("encoding", ["bounded", "raw"])
+def test_box_previous_actions_beyond_the_bounds_replay_exactly(encoding: str) -> None:
+    # A wide Gaussian (std e) samples torques far beyond Pendulum's +-2: acting and training embed the same action.
+    env = make_vec_env("Pendulum-v1", n_envs=2, seed=0)
+    model = AttnPPO("MlpPolicy", env, learning_rate=0.0, actor_context=True, prev_action=True, shared_transformer=False,
+                    prev_action_encoding=encoding, policy_kwargs=dict(log_std_init=1.0), n_layers=2, **TINY)  # fmt: skip
+    th.nn.init.normal_(model.policy.actor_encoder.action_embedding.weight)  # the previous action must visibly matter
+    model.learn(3 * 16 * 2)
+    buffer, streams = model.rollout_buffer, model._rollout_streams
+    assert (np.abs(buffer.actions) > 2).mean() > 0.2
+    segments = segment_streams(streams, 5)
+    steps = segments.steps[segments.steps >= 0].numpy()
+    model.policy.set_training_mode(False)
+    with th.no_grad():
+        obs = take(streams.observations, segments.index.flatten())
+        prev_actions = streams.prev_actions[segments.index.flatten()]
+        _, actor_hidden, _ = model.policy.stream_forward(obs, segments.meta, prev_actions=prev_actions)
+        trained = segments.steps >= 0
+        dist = model.policy.action_distribution(take(obs, trained.flatten()), actor_hidden[trained])
+        log_prob = dist.log_prob(th.as_tensor(buffer.actions.reshape(-1, 1)[steps]))
+    np.testing.assert_allclose(log_prob.numpy(), buffer.log_probs.reshape(-1)[steps], atol=1e-5)
+
+
 def test_predict_state_shapes_and_resets() -> None:
     model = AttnPPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), actor_context=True, n_layers=2, **TINY)
     obs = np.random.default_rng(0).normal(size=(6, 2, 4)).astype(np.float32)

@@ -90,6 +90,9 @@ class AttnA2C(AttnOnPolicyAlgorithm):
     :param prev_action: each token also embeds the previous step's action (see
         :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`); ``predict`` then carries each
         env's last action in ``state``
+    :param prev_action_encoding: ``"bounded"`` (default): a Box action enters the token clipped to the action
+        space's bounds and scaled to [-1, 1]; ``"raw"``: unclipped, as sb3-attn-ac 0.3.1 (see
+        :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`)
     :param start_bias: each attention head also learns a bias for its episode's first step (see
         :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`; needs ``position_encoding``
         ``"relative"`` or ``"alibi"``)
@@ -143,6 +146,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         position_encoding: str = "relative",
         shared_transformer: bool = True,
         prev_action: bool = False,
+        prev_action_encoding: str = "bounded",
         start_bias: bool = False,
         local_window: int | None = None,
         _init_setup_model: bool = True,
@@ -188,6 +192,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
             position_encoding=position_encoding,
             shared_transformer=shared_transformer,
             prev_action=prev_action,
+            prev_action_encoding=prev_action_encoding,
             start_bias=start_bias,
             local_window=local_window,
         )

@@ -144,6 +144,33 @@ def check_attention_args(
         )
 
 
+PREV_ACTION_ENCODINGS = ("bounded", "raw")
+
+
+def check_prev_action_encoding(
+    prev_action_encoding: str, prev_action: bool = False, action_space: spaces.Space | None = None
+) -> None:
+    """Raise a ValueError naming the argument and its accepted values for a bad ``prev_action_encoding``, or for
+    ``"bounded"`` with the previous action on a Box action space without finite bounds (high > low).
+
+    :param prev_action_encoding: one of :data:`PREV_ACTION_ENCODINGS`
+    :param prev_action: whether tokens embed the previous action
+    :param action_space: the action space (None: check the value only)
+    """
+    if prev_action_encoding not in PREV_ACTION_ENCODINGS:
+        raise ValueError(f"prev_action_encoding must be one of {PREV_ACTION_ENCODINGS}, got {prev_action_encoding!r}")
+    bounded = prev_action and prev_action_encoding == "bounded"
+    if (
+        bounded
+        and isinstance(action_space, spaces.Box)
+        and not (action_space.is_bounded("both") and bool(np.all(action_space.high > action_space.low)))
+    ):
+        raise ValueError(
+            "prev_action_encoding='bounded' scales the previous action by the action space's bounds, which must be "
+            f"finite with high > low; got {action_space} (use prev_action_encoding='raw')"
+        )
+
+
 def check_flags(**flags: Any) -> None:
     """Raise a ValueError naming the argument for an on/off argument that is not a bool (a string such as
     ``"False"`` from a config file would otherwise count as on).

@@ -11,6 +11,7 @@ from sb3_attn_ac.common.utils import (
     check_flags,
     check_loss_coefs,
     check_policy_kwargs,
+    check_prev_action_encoding,
     check_q_att,
     check_spaces,
 )
@@ -44,6 +45,7 @@ def check_attention_config(args: dict[str, Any]) -> None:
     )
     flags = ("bert_masking", "actor_context", "shared_transformer", "prev_action", "start_bias")
     check_flags(**{name: args[name] for name in flags})
+    check_prev_action_encoding(args["prev_action_encoding"])
     check_contrastive_args(args["ct_coef"], args["ct_temperature"], args["mask_ratio"])
     check_loss_coefs(args["q_att_loss_coef"], args["next_state_coef"], args["rtg_coef"])
     check_policy_kwargs(args["policy_kwargs"], POLICY_ARGS, "attn_ppo_config")

@@ -50,6 +50,7 @@ class AttnPPOConfig(PPOConfig):
         self.position_encoding = "relative"
         self.shared_transformer = True
         self.prev_action = False
+        self.prev_action_encoding = "bounded"
         self.start_bias = False
         self.local_window: int | None = None
         self.policy_kwargs: dict[str, Any] | None = None
@@ -77,6 +78,7 @@ class AttnPPOConfig(PPOConfig):
         position_encoding: str = NotProvided,  # type: ignore[assignment]
         shared_transformer: bool = NotProvided,  # type: ignore[assignment]
         prev_action: bool = NotProvided,  # type: ignore[assignment]
+        prev_action_encoding: str = NotProvided,  # type: ignore[assignment]
         start_bias: bool = NotProvided,  # type: ignore[assignment]
         local_window: int | None = NotProvided,  # type: ignore[assignment]
         policy_kwargs: dict[str, Any] | None = NotProvided,  # type: ignore[assignment]
@@ -108,6 +110,7 @@ class AttnPPOConfig(PPOConfig):
             same, offset biases starting as ALiBi's recency slopes) or ``"absolute"``
         :param shared_transformer: must stay True on RLlib (the actor reads the critic's transformer)
         :param prev_action: must stay False on RLlib (the token of the previous action is not supported there yet)
+        :param prev_action_encoding: ``"bounded"`` or ``"raw"`` (AttnPPO's; no effect while ``prev_action`` is False)
         :param start_bias: each attention head also learns a bias for its episode's first step (with
             ``position_encoding="relative"`` or ``"alibi"``)
         :param local_window: None, or w <= ``context_len``: beyond the last w steps each layer attends only to the
@@ -191,6 +194,7 @@ ATTENTION_ARGS = (
     "position_encoding",
     "shared_transformer",
     "prev_action",
+    "prev_action_encoding",
     "start_bias",
     "local_window",
     "policy_kwargs",

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from sb3_attn_ac.common.attention.buffers import DictEpisodeRolloutBuffer, EpisodeBufferMixin, EpisodeRolloutBuffer
 from sb3_attn_ac.common.attention.policies import (
-    V0_1_ARGS,
+    UNSAVED_ARGS,
     AttnActorCriticCnnPolicy,
     AttnActorCriticPolicy,
     AttnMultiInputActorCriticPolicy,
@@ -34,6 +34,7 @@ from sb3_attn_ac.common.utils import (
     check_loss_coefs,
     check_n_steps,
     check_policy_kwargs,
+    check_prev_action_encoding,
     check_q_att,
     check_rollout_args,
     check_spaces,
@@ -55,6 +56,7 @@ POLICY_ARGS = (
     "position_encoding",
     "shared_transformer",
     "prev_action",
+    "prev_action_encoding",
     "start_bias",
     "local_window",
 )
@@ -127,6 +129,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         position_encoding: str,
         shared_transformer: bool,
         prev_action: bool,
+        prev_action_encoding: str,
         start_bias: bool,
         local_window: int | None,
     ) -> None:
@@ -138,6 +141,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
             prev_action=prev_action,
             start_bias=start_bias,
         )
+        check_prev_action_encoding(prev_action_encoding)
         check_attention_args(
             context_len,
             n_layers,
@@ -198,6 +202,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.position_encoding = position_encoding
         self.shared_transformer = shared_transformer
         self.prev_action = prev_action
+        self.prev_action_encoding = prev_action_encoding
         self.start_bias = start_bias
         self.local_window = local_window
 
@@ -268,13 +273,14 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         **kwargs: Any,
     ) -> SelfAttnOnPolicyAlgorithm:
         """SB3's :meth:`~stable_baselines3.common.base_class.BaseAlgorithm.load` (same arguments). Models saved by
-        sb3-attn-ac 0.1, which saved no ``position_encoding`` (it used sinusoidal positions) and no
-        ``shared_transformer``, load with 0.1's architecture (:data:`V0_1_ARGS`)."""
+        an earlier release load with what it built where it saved no argument (:data:`UNSAVED_ARGS`): 0.1's
+        sinusoidal positions (no ``position_encoding``) and shared transformer, 0.3.1's raw previous action (no
+        ``prev_action_encoding``)."""
         data, _, _ = load_from_zip_file(path, device=device, custom_objects=custom_objects)
         if isinstance(path, io.BufferedIOBase):
             path.seek(0)
         if data is not None:
-            kwargs = {**{name: value for name, value in V0_1_ARGS.items() if name not in data}, **kwargs}
+            kwargs = {**{name: value for name, value in UNSAVED_ARGS.items() if name not in data}, **kwargs}
         return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
 
     def _excluded_save_params(self) -> list[str]:

@@ -37,6 +37,7 @@ from sb3_attn_ac.common.torch_layers import (
 from sb3_attn_ac.common.utils import (
     check_attention_args,
     check_flags,
+    check_prev_action_encoding,
     check_q_att,
     check_spaces,
     masked_contrastive_loss,
@@ -44,8 +45,9 @@ from sb3_attn_ac.common.utils import (
     select_masked,
 )
 
-# What sb3-attn-ac 0.1 built and saved no argument for: a save without these arguments was made with these values.
-V0_1_ARGS = {"position_encoding": "absolute", "shared_transformer": True}
+# What earlier releases built and saved no argument for: a save without these arguments was made with these values
+# (position_encoding and shared_transformer: 0.1; prev_action_encoding: 0.3.1 and before).
+UNSAVED_ARGS = {"position_encoding": "absolute", "shared_transformer": True, "prev_action_encoding": "raw"}
 
 
 def batch_len(obs: PyTorchObs) -> int:
@@ -119,6 +121,12 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         moved the hidden state (a push changes CartPole's velocity), it is what makes that state recoverable
         from the observations. Acting then carries each env's last action (:meth:`predict` in ``state``), and
         the stream methods take the actions
+    :param prev_action_encoding: how a Box action enters the token with ``prev_action``: ``"bounded"`` (default)
+        clipped to the action space's bounds and scaled to [-1, 1], the action the env applied; ``"raw"``: the
+        sample as the buffer stores it, unclipped (sb3-attn-ac 0.3.1 and before, whose saved models load with it).
+        A Gaussian sample beyond the bounds tells the env nothing more than the bound, but an actor transformer of
+        its own that read it failed PendulumNoVel's entry (mean -746 raw against -231 bounded on three tuning
+        seeds, README "Ablations"). Discrete actions are one-hot either way
     :param start_bias: (``position_encoding="relative"`` or ``"alibi"``) each head also learns a bias for its episode's first
         step, stored scaled as the offset biases: where the first step is what matters (a cue shown once at the
         start), a head learns to read it from anywhere in the window as fast as it learns an offset. Pair it with
@@ -163,10 +171,12 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         position_encoding: str = "relative",
         shared_transformer: bool = True,
         prev_action: bool = False,
+        prev_action_encoding: str = "bounded",
         start_bias: bool = False,
         local_window: int | None = None,
     ) -> None:
         check_spaces(observation_space, action_space)
+        check_prev_action_encoding(prev_action_encoding, prev_action, action_space)
         check_flags(
             actor_context=actor_context, shared_transformer=shared_transformer, prev_action=prev_action, start_bias=start_bias
         )
@@ -198,6 +208,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.position_encoding = position_encoding
         self.shared_transformer = shared_transformer
         self.prev_action = prev_action
+        self.prev_action_encoding = prev_action_encoding
         self.start_bias = start_bias
         self.local_window = local_window
         if net_arch is None:
@@ -240,6 +251,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             position_encoding=self.position_encoding,
             shared_transformer=self.shared_transformer,
             prev_action=self.prev_action,
+            prev_action_encoding=self.prev_action_encoding,
             start_bias=self.start_bias,
             local_window=self.local_window,
             share_features_extractor=self.share_features_extractor,
@@ -249,16 +261,16 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
 
     @classmethod
     def load(cls, path: str, device: th.device | str = "auto") -> "AttnActorCriticPolicy":
-        """:meth:`BasePolicy.load <stable_baselines3.common.policies.BaseModel.load>`. Policies saved by
-        sb3-attn-ac 0.1, which saved no ``position_encoding`` and used sinusoidal positions, load with
-        ``position_encoding="absolute"``.
+        """:meth:`BasePolicy.load <stable_baselines3.common.policies.BaseModel.load>`. Arguments an earlier
+        release saved none of load with what it built (:data:`UNSAVED_ARGS`): 0.1's sinusoidal positions and
+        shared transformer, 0.3.1's raw previous action.
 
         :param path: the file :meth:`save` wrote
         :param device: device to load the policy on
         """
         device = get_device(device)
         saved = th.load(path, map_location=device, weights_only=False)  # gymnasium spaces need full unpickling, as SB3
-        model = cls(**{**V0_1_ARGS, **saved["data"]})
+        model = cls(**{**UNSAVED_ARGS, **saved["data"]})
         model.load_state_dict(saved["state_dict"])
         return model.to(device)
 
@@ -613,6 +625,10 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         if isinstance(self.action_space, spaces.Discrete):
             actions = actions[:, 0]
         encoded = preprocess_obs(actions, self.action_space).reshape(N, -1)  # type: ignore[union-attr]
+        if self.prev_action_encoding == "bounded" and isinstance(self.action_space, spaces.Box):
+            space = self.action_space
+            low, high = (th.as_tensor(b, device=encoded.device).reshape(1, -1) for b in (space.low, space.high))
+            encoded = (2 * (th.clamp(encoded, low, high) - low) / (high - low) - 1).to(encoded.dtype)
         return (timesteps > 0)[..., None] * encoder.action_embedding(encoded).view(*timesteps.shape, -1)
 
     def _first_step_hidden(self, obs: PyTorchObs, encoder: "AttnActorCriticPolicy | EpisodeEncoder") -> th.Tensor:
