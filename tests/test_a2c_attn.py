@@ -182,6 +182,13 @@ def test_custom_rollout_buffer_class() -> None:
         (dict(position_encoding="rope"), r"position_encoding must be one of \('relative', 'alibi', 'absolute'\)"),
         (dict(prev_action="False"), "prev_action must be True or False, got 'False'"),  # a string from a config file
         (dict(actor_context=1), "actor_context must be True or False, got 1"),
+        (dict(actor_value_coef=-1.0), r"actor_value_coef must be >= 0"),
+        (
+            dict(actor_value_coef=0.5, actor_context=True),
+            r"actor_value_coef > 0 .* needs actor_context=True and shared_transformer=False, got actor_context=True, "
+            r"shared_transformer=True",
+        ),
+        (dict(policy_kwargs=dict(actor_value_head=True)), r"actor_value_head in policy_kwargs: .* with actor_value_coef"),
         (dict(prev_action_encoding="scaled"), r"prev_action_encoding must be one of \('bounded', 'raw'\), got 'scaled'"),
         (dict(start_bias=True, position_encoding="absolute"), 'start_bias=True needs position_encoding="relative" or "alibi"'),
         (dict(local_window=17), r"local_window must be None \(the whole window\) or an integer in \[1, context_len=16\]"),
@@ -232,3 +239,12 @@ def test_learns_cartpole() -> None:
     # 277-500 with A2C (2026-12-07): a learner, not yet a solver, so the bar sits below every seed's; a float-level
     # change of the code moves which seed lands where (the 500 bar belongs to benchmarks/report.py).
     assert mean_return >= 100
+
+
+def test_actor_value_head_is_trained_by_a2c() -> None:
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = AttnA2C("MlpPolicy", env, n_steps=8, actor_context=True, shared_transformer=False, actor_value_coef=0.5, seed=0)
+    before = model.policy.actor_value_net.weight.detach().clone()
+    model.learn(32)
+    assert model.logger.name_to_value["train/actor_value_loss"] > 0
+    assert not th.equal(model.policy.actor_value_net.weight, before)

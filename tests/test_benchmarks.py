@@ -478,3 +478,29 @@ def test_cartpole_margin_evaluates_under_the_runs_statistics_and_four_shifts(tmp
     )
     assert lengths[0] == pytest.approx(mean)
     assert all(1 <= length <= 500 for length in lengths)
+
+
+def test_attention_offsets_reads_the_acting_transformers_lag(tmp_path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import attention_offsets
+    import rl_zoo3.import_envs  # noqa: F401
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from sb3_attn_ac import AttnPPO
+
+    env_id = "PendulumNoVel-v1"
+    run = tmp_path / "seed0" / "ppo_attn" / f"{env_id}_1"  # rl-zoo3's layout
+    (run / env_id).mkdir(parents=True)
+    env = VecNormalize(make_vec_env(env_id, n_envs=1))
+    model = AttnPPO("MlpPolicy", env, n_steps=64, actor_context=True, prev_action=True, shared_transformer=False,
+                    context_len=8, local_window=4, n_layers=2, seed=0)  # fmt: skip
+    with th.no_grad():  # the actor's first layer looks one step back, the critic's (not acting) at the step itself
+        model.policy.actor_encoder.transformer.blocks[0].attn.offset_bias_raw[:, 8] = 10.0  # offset 1: index K
+        model.policy.transformer.blocks[0].attn.offset_bias_raw[:, 7] = 10.0
+    model.save(run / f"{env_id}.zip")
+    env.save(str(run / env_id / "vecnormalize.pkl"))
+    mean_return, summary = attention_offsets.attention_summary(run, env_id, 1, seed=3)
+    assert summary.shape == (2, 2, 3) and mean_return < 0
+    assert (summary[0, :, 1] > 0.99).all()  # lag 1 in the actor's first layer
+    assert (summary[1, :, 1] < 0.9).all() and (summary[..., 2] >= 0).all()  # first step seen from steps 4-7

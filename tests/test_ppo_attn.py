@@ -121,6 +121,41 @@ def test_box_previous_actions_beyond_the_bounds_replay_exactly(encoding: str) ->
     np.testing.assert_allclose(log_prob.numpy(), buffer.log_probs.reshape(-1)[steps], atol=1e-5)
 
 
+def test_actor_value_head_trains_the_actors_transformer_only() -> None:
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = AttnPPO("MlpPolicy", env, actor_context=True, shared_transformer=False, actor_value_coef=0.5, ct_coef=0.0,
+                    n_layers=2, **TINY)  # fmt: skip
+    model.learn(3 * 16 * 2)
+    assert model.logger.name_to_value["train/actor_value_loss"] > 0
+    policy, buffer, streams = model.policy, model.rollout_buffer, model._rollout_streams
+    segments = segment_streams(streams, 8)
+    trained = segments.steps >= 0
+    steps = segments.steps[trained]
+    obs = take(streams.observations, segments.index.flatten())
+    hidden, actor_hidden, _ = policy.stream_forward(obs, segments.meta)
+    returns = buffer.flat_tensor(buffer.returns)[steps]
+    policy.optimizer.zero_grad()
+    term, logs = model._auxiliary_terms(None, streams.rewards, streams.reward_known, hidden[trained],
+                                        actor_hidden[trained], buffer.flat_actions()[steps], returns)  # fmt: skip
+    term.backward()
+    expected = th.nn.functional.mse_loss(policy.actor_value_net(actor_hidden[trained]).squeeze(-1), returns)
+    assert logs == {"actor_value_loss": pytest.approx(expected.item())}
+    grads = lambda module: [p.grad for p in module.parameters()]  # noqa: E731
+    assert all(g is not None and g.abs().sum() > 0 for g in grads(policy.actor_value_net))
+    assert any(g is not None and g.abs().sum() > 0 for g in grads(policy.actor_encoder.transformer))
+    assert all(g is None or g.abs().sum() == 0 for g in grads(policy.transformer) + grads(policy.value_net))
+
+
+def test_actor_value_head_survives_save_and_load(tmp_path) -> None:
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = AttnPPO("MlpPolicy", env, actor_context=True, shared_transformer=False, actor_value_coef=0.5, **TINY)
+    model.save(tmp_path / "model.zip")
+    loaded = AttnPPO.load(tmp_path / "model.zip", env=env)
+    assert loaded.actor_value_coef == 0.5 and loaded.policy.actor_value_net is not None
+    th.testing.assert_close(loaded.policy.actor_value_net.weight, model.policy.actor_value_net.weight)
+    assert AttnPPO("MlpPolicy", env, actor_context=True, shared_transformer=False, **TINY).policy.actor_value_net is None
+
+
 def test_predict_state_shapes_and_resets() -> None:
     model = AttnPPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), actor_context=True, n_layers=2, **TINY)
     obs = np.random.default_rng(0).normal(size=(6, 2, 4)).astype(np.float32)

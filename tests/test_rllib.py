@@ -106,6 +106,9 @@ def test_attention_arguments_have_attn_ppos_names_and_defaults() -> None:
         dict(start_bias="True"),
         dict(start_bias=True, position_encoding="absolute"),
         dict(local_window=0),
+        dict(prev_action_encoding="scaled"),
+        dict(actor_value_coef=-1.0),
+        dict(actor_value_coef=0.5, actor_context=True),
     ],
 )
 def test_bad_arguments_raise_attn_ppos_errors(kwargs) -> None:

@@ -73,6 +73,10 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         (``train/next_state_loss``; 0: off)
     :param rtg_coef: weight of a head predicting, at each masked position, the discounted reward-to-go over the
         next ``context_len`` steps of the episode (``train/rtg_loss``; 0: off)
+    :param actor_value_coef: weight of a value head on the actor's own transformer (``actor_context=True``,
+        ``shared_transformer=False``), regressed on the value targets and read by nothing else
+        (``train/actor_value_loss``; 0: off): the value loss's dense signal then also shapes what the actor's
+        transformer reads (on PendulumNoVel a head on the step before, which the policy loss alone rarely grows)
     :param n_episodes: N-trajectory rollouts: each rollout runs until N episodes have ended across the envs and
         the update trains on those whole episodes, with Monte-Carlo discounted returns as value targets (and GAE
         with ``gae_lambda`` as advantages: R - V at 1); unfinished episodes are kept whole for the next rollout.
@@ -141,6 +145,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         q_att_loss_coef: float = 0.5,
         next_state_coef: float = 0.0,
         rtg_coef: float = 0.0,
+        actor_value_coef: float = 0.0,
         n_episodes: int | None = None,
         max_rollout_steps: int = 4096,
         position_encoding: str = "relative",
@@ -187,6 +192,7 @@ class AttnA2C(AttnOnPolicyAlgorithm):
             q_att_loss_coef=q_att_loss_coef,
             next_state_coef=next_state_coef,
             rtg_coef=rtg_coef,
+            actor_value_coef=actor_value_coef,
             n_episodes=n_episodes,
             max_rollout_steps=max_rollout_steps,
             position_encoding=position_encoding,
@@ -234,7 +240,8 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         actions = select(buffer.flat_actions())
         flat = lambda x: select(x.reshape(-1, x.shape[-1]))  # noqa: E731  (T, E, D) -> (trained steps, D)
         hidden = flat(out.hidden)
-        distribution = self.policy.action_distribution(observations, flat(out.actor_hidden))
+        actor_hidden = flat(out.actor_hidden)
+        distribution = self.policy.action_distribution(observations, actor_hidden)
         log_prob = distribution.log_prob(actions)
         entropy = distribution.entropy()
         values = select(out.values.reshape(-1))
@@ -248,7 +255,9 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
         assert self._rollout_streams is not None
         streams = self._rollout_streams
-        aux_term, aux_logs = self._auxiliary_terms(out.masked, streams.rewards, streams.reward_known, hidden, actions, returns)
+        aux_term, aux_logs = self._auxiliary_terms(
+            out.masked, streams.rewards, streams.reward_known, hidden, actor_hidden, actions, returns
+        )
         if aux_term is not None:
             loss = loss + aux_term
 

@@ -206,11 +206,11 @@ def check_policy_kwargs(policy_kwargs: dict | None, reserved: tuple[str, ...], o
     :param reserved: the policy arguments the algorithm sets
     :param owner: what takes the attention arguments directly (named in the message)
     """
-    clash = sorted(set(policy_kwargs or {}) & {*reserved, "next_state_head", "rtg_head"})
+    clash = sorted(set(policy_kwargs or {}) & {*reserved, "next_state_head", "rtg_head", "actor_value_head"})
     if clash:
         raise ValueError(
             f"{', '.join(clash)} in policy_kwargs: pass the attention arguments to {owner}(...) "
-            "directly (the prediction heads with next_state_coef / rtg_coef)"
+            "directly (the prediction heads with next_state_coef / rtg_coef, the actor's value head with actor_value_coef)"
         )
 
 
@@ -220,6 +220,18 @@ def check_rollout_args(n_episodes: int | None, max_rollout_steps: int) -> None:
         raise ValueError(f"n_episodes must be None (rollouts of n_steps) or an integer >= 1, got {n_episodes!r}")
     if not isinstance(max_rollout_steps, int) or isinstance(max_rollout_steps, bool) or max_rollout_steps < 1:
         raise ValueError(f"max_rollout_steps must be an integer >= 1, got {max_rollout_steps!r}")
+
+
+def check_actor_value(actor_value_coef: float, actor_context: bool, shared_transformer: bool) -> None:
+    """Raise a ValueError naming the argument for a negative ``actor_value_coef``, or a positive one without an actor
+    transformer of its own (``actor_context=True, shared_transformer=False``) for its value head to train."""
+    if actor_value_coef < 0:
+        raise ValueError(f"actor_value_coef must be >= 0 (0 turns the actor's value head off), got {actor_value_coef!r}")
+    if actor_value_coef > 0 and not (actor_context and not shared_transformer):
+        raise ValueError(
+            "actor_value_coef > 0 trains a value head on the actor's own transformer: it needs actor_context=True and "
+            f"shared_transformer=False, got actor_context={actor_context!r}, shared_transformer={shared_transformer!r}"
+        )
 
 
 def check_q_att(q_att_coef: float, action_space: spaces.Space, separate_actor: bool = False) -> None:

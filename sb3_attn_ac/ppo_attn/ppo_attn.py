@@ -76,6 +76,10 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         (``train/next_state_loss``; 0: off)
     :param rtg_coef: weight of a head predicting, at each masked position, the discounted reward-to-go over the
         next ``context_len`` steps of the episode (``train/rtg_loss``; 0: off)
+    :param actor_value_coef: weight of a value head on the actor's own transformer (``actor_context=True``,
+        ``shared_transformer=False``), regressed on the value targets and read by nothing else
+        (``train/actor_value_loss``; 0: off): the value loss's dense signal then also shapes what the actor's
+        transformer reads (on PendulumNoVel a head on the step before, which the policy loss alone rarely grows)
     :param n_episodes: N-trajectory rollouts: each rollout runs until N episodes have ended across the envs and
         the update trains on those whole episodes, with Monte-Carlo discounted returns as value targets (and GAE
         with ``gae_lambda`` as advantages: R - V at 1); unfinished episodes are kept whole for the next rollout.
@@ -147,6 +151,7 @@ class AttnPPO(AttnOnPolicyAlgorithm):
         q_att_loss_coef: float = 0.5,
         next_state_coef: float = 0.0,
         rtg_coef: float = 0.0,
+        actor_value_coef: float = 0.0,
         n_episodes: int | None = None,
         max_rollout_steps: int = 4096,
         position_encoding: str = "relative",
@@ -205,6 +210,7 @@ class AttnPPO(AttnOnPolicyAlgorithm):
             q_att_loss_coef=q_att_loss_coef,
             next_state_coef=next_state_coef,
             rtg_coef=rtg_coef,
+            actor_value_coef=actor_value_coef,
             n_episodes=n_episodes,
             max_rollout_steps=max_rollout_steps,
             position_encoding=position_encoding,
@@ -324,6 +330,7 @@ class AttnPPO(AttnOnPolicyAlgorithm):
                     segments.rewards[rows],
                     segments.reward_known[rows],
                     hidden[trained],
+                    actor_hidden[trained],
                     actions[idx],
                     returns_all[idx],
                 )

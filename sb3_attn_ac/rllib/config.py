@@ -47,6 +47,7 @@ class AttnPPOConfig(PPOConfig):
         self.q_att_loss_coef = 0.5
         self.next_state_coef = 0.0
         self.rtg_coef = 0.0
+        self.actor_value_coef = 0.0
         self.position_encoding = "relative"
         self.shared_transformer = True
         self.prev_action = False
@@ -75,6 +76,7 @@ class AttnPPOConfig(PPOConfig):
         q_att_loss_coef: float = NotProvided,  # type: ignore[assignment]
         next_state_coef: float = NotProvided,  # type: ignore[assignment]
         rtg_coef: float = NotProvided,  # type: ignore[assignment]
+        actor_value_coef: float = NotProvided,  # type: ignore[assignment]
         position_encoding: str = NotProvided,  # type: ignore[assignment]
         shared_transformer: bool = NotProvided,  # type: ignore[assignment]
         prev_action: bool = NotProvided,  # type: ignore[assignment]
@@ -106,6 +108,7 @@ class AttnPPOConfig(PPOConfig):
         :param next_state_coef: weight of a head predicting, at each masked position, the next step's features
         :param rtg_coef: weight of a head predicting, at each masked position, the discounted reward-to-go over the
             next ``context_len`` steps
+        :param actor_value_coef: must stay 0 on RLlib (it needs an actor transformer of its own)
         :param position_encoding: ``"relative"`` (offset biases and a start-of-episode embedding), ``"alibi"`` (the
             same, offset biases starting as ALiBi's recency slopes) or ``"absolute"``
         :param shared_transformer: must stay True on RLlib (the actor reads the critic's transformer)
@@ -191,6 +194,7 @@ ATTENTION_ARGS = (
     "q_att_loss_coef",
     "next_state_coef",
     "rtg_coef",
+    "actor_value_coef",
     "position_encoding",
     "shared_transformer",
     "prev_action",

@@ -28,6 +28,7 @@ from sb3_attn_ac.common.attention.policies import (
 from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, MaskedPass, StreamValues
 from sb3_attn_ac.common.torch_layers import keeps_first_step, stream_prefix_len
 from sb3_attn_ac.common.utils import (
+    check_actor_value,
     check_attention_args,
     check_contrastive_args,
     check_flags,
@@ -124,6 +125,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         q_att_loss_coef: float,
         next_state_coef: float,
         rtg_coef: float,
+        actor_value_coef: float,
         n_episodes: int | None,
         max_rollout_steps: int,
         position_encoding: str,
@@ -156,6 +158,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         )
         check_contrastive_args(ct_coef, ct_temperature, mask_ratio)
         check_loss_coefs(q_att_loss_coef, next_state_coef, rtg_coef)
+        check_actor_value(actor_value_coef, actor_context, shared_transformer)
         # The algorithm sets these policy arguments itself (the heads from next_state_coef and rtg_coef).
         check_policy_kwargs(policy_kwargs, POLICY_ARGS, type(self).__name__)
         check_n_steps(n_steps, n_episodes)
@@ -197,6 +200,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.q_att_loss_coef = q_att_loss_coef
         self.next_state_coef = next_state_coef
         self.rtg_coef = rtg_coef
+        self.actor_value_coef = actor_value_coef
         self.n_episodes = n_episodes
         self.max_rollout_steps = max_rollout_steps
         self.position_encoding = position_encoding
@@ -242,6 +246,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
             **{name: getattr(self, name) for name in POLICY_ARGS},
             "next_state_head": self.next_state_coef > 0,
             "rtg_head": self.rtg_coef > 0,
+            "actor_value_head": self.actor_value_coef > 0,
         }
         try:
             super()._setup_model()
@@ -452,17 +457,20 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         rewards: th.Tensor,
         reward_known: th.Tensor,
         hidden: th.Tensor,
+        actor_hidden: th.Tensor,
         actions: th.Tensor,
         returns: th.Tensor,
     ) -> tuple[th.Tensor | None, dict[str, float]]:
         """The losses added to the RL loss, weighted, each computed only when its coefficient is on:
         ``ct_coef`` * L_ct, ``next_state_coef`` * next-state and ``rtg_coef`` * reward-to-go prediction (from the
-        masked pass), and ``q_att_loss_coef`` * Q_att's regression on the returns of the taken actions.
+        masked pass), ``q_att_loss_coef`` * Q_att's regression on the returns of the taken actions, and
+        ``actor_value_coef`` * the actor's value head's regression on the returns.
 
         :param masked: the masked pass (None when no masked-pass loss is on)
         :param rewards: (B, L) rewards of its tokens
         :param reward_known: (B, L) whether they are known
         :param hidden: (N, D) transformer outputs at the trained steps
+        :param actor_hidden: (N, D) the actor's transformer outputs there (``hidden`` when shared)
         :param actions: (N,) their actions
         :param returns: (N,) their returns (TD(lambda), as the value target)
         :return: the weighted sum (None if nothing is on) and each loss's value, by logger name
@@ -485,4 +493,8 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
             q_loss = F.mse_loss(q_taken, returns)
             terms.append(self.q_att_loss_coef * q_loss)
             logs["q_att_loss"] = q_loss.item()
+        if self.policy.actor_value_net is not None:
+            actor_value_loss = F.mse_loss(self.policy.actor_values(actor_hidden), returns)
+            terms.append(self.actor_value_coef * actor_value_loss)
+            logs["actor_value_loss"] = actor_value_loss.item()
         return (sum(terms[1:], terms[0]) if terms else None), logs

@@ -106,6 +106,9 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         transformer while acting (same incremental path and ``predict`` state).
     :param next_state_head: a head predicting, at masked positions, the next step's features
     :param rtg_head: a head predicting, at masked positions, the discounted reward-to-go within the window
+    :param actor_value_head: (``actor_context`` with ``shared_transformer=False``) a value head on the actor's own
+        transformer, trained by regression on the value targets (the algorithms' ``actor_value_coef``) and read by
+        nothing else: the critic's dense signal also shapes what the actor's transformer attends to
     :param position_encoding: ``"relative"``: a learned attention bias per head and offset in the window, and a
         learned embedding of each episode's first step; ``"alibi"``: the same, with the offset biases starting as
         ALiBi's linear recency penalty (head h of H: -2^(-8 (h + 1) / H) per step back; two heads: 1/16 and
@@ -168,6 +171,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         q_att_coef: float = 0.0,
         next_state_head: bool = False,
         rtg_head: bool = False,
+        actor_value_head: bool = False,
         position_encoding: str = "relative",
         shared_transformer: bool = True,
         prev_action: bool = False,
@@ -181,6 +185,10 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             actor_context=actor_context, shared_transformer=shared_transformer, prev_action=prev_action, start_bias=start_bias
         )
         check_q_att(q_att_coef, action_space, actor_context and not shared_transformer)
+        if actor_value_head and not (actor_context and not shared_transformer):
+            raise ValueError(
+                "actor_value_head=True needs an actor transformer of its own: actor_context=True, shared_transformer=False"
+            )
         check_attention_args(
             context_len,
             n_layers,
@@ -205,6 +213,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.q_att_coef = q_att_coef
         self.next_state_head = next_state_head
         self.rtg_head = rtg_head
+        self.actor_value_head = actor_value_head
         self.position_encoding = position_encoding
         self.shared_transformer = shared_transformer
         self.prev_action = prev_action
@@ -248,6 +257,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             q_att_coef=self.q_att_coef,
             next_state_head=self.next_state_head,
             rtg_head=self.rtg_head,
+            actor_value_head=self.actor_value_head,
             position_encoding=self.position_encoding,
             shared_transformer=self.shared_transformer,
             prev_action=self.prev_action,
@@ -319,6 +329,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         # Masked prediction heads (design notes: "for t=4, input s_4, a_4, predict s_5 and the reward-to-go").
         self.next_state_net = nn.Linear(self.d_model, self.features_dim) if self.next_state_head else None
         self.rtg_net = nn.Linear(self.d_model, 1) if self.rtg_head else None
+        self.actor_value_net = nn.Linear(self.d_model, 1) if self.actor_value_head else None
         self.key_net: nn.Module | None = None
         if self.key_encoder == "momentum":
             self.key_net = copy.deepcopy(self.token_embedding).requires_grad_(False)
@@ -664,6 +675,12 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         # pi(s_t) = softmax(logits + beta * Q_att(s_t, .)); Q_att is trained by its own regression, not here.
         logits = self.action_net(latent_pi) + self.q_att_coef * self.q_head(hidden).detach()
         return self.action_dist.proba_distribution(action_logits=logits)
+
+    def actor_values(self, actor_hidden: th.Tensor) -> th.Tensor:
+        """The actor's value head on its own transformer's outputs ``actor_hidden`` (N, D): (N,). Needs
+        ``actor_value_head``; trained by regression, read by nothing else."""
+        assert self.actor_value_net is not None, "the actor's value head needs actor_value_head=True"
+        return self.actor_value_net(actor_hidden).squeeze(-1)
 
     def q_att(self, hidden: th.Tensor) -> th.Tensor:
         """Q_att(s_t, .) for transformer outputs ``hidden`` (N, D): (N, n_actions). Needs ``q_att_coef > 0``."""
