@@ -201,6 +201,24 @@ def test_offset_table_is_shared_only_where_offsets_are_stream_distances(T: int) 
         assert band.select(th.tensor([1])).scores_mask(bias).shape[0] == 1
 
 
+@pytest.mark.parametrize("local_window", [None, 3])
+def test_first_step_out_of_place_is_looked_up_apart_only_with_a_local_window(local_window: int | None) -> None:
+    # A local window's context: the first step, a gap, then the last steps. Only a local window uses the shared
+    # table plus each query's offset to its first step; without one the per-row table stays (so runs without a local
+    # window repeat earlier releases' floating point exactly).
+    K, H = 8, 2
+    steps = th.tensor([[0, 3, 4, 5, 6], [0, 3, 4, 5, 6]])
+    meta = TokenMeta(steps, th.zeros_like(steps), th.ones_like(steps, dtype=th.bool))
+    band = Band(meta, K, local_window=local_window)
+    assert (band.start_offsets is not None) == (local_window is not None)
+    assert band.offsets.shape[0] == (1 if local_window is not None else 2)
+    bias = th.randn(H, 2 * K - 1)
+    delta = (meta.timesteps[0, :, None] - meta.timesteps[0, None, :]).clamp(1 - K, K - 1) + K - 1
+    expected = bias[:, delta]  # (H, T, T): the offset ts_i - ts_j of each key
+    allowed = band.allowed[0, 0][None].expand_as(expected)
+    assert th.equal(band.scores_mask(bias)[0, :, 0][allowed], expected[allowed])
+
+
 def test_receptive_field_and_padding() -> None:
     model = EpisodeTransformer(8, n_layers=3, n_heads=2, context_len=5, dropout=0.0)
     assert model.receptive_field == 12

@@ -115,10 +115,12 @@ class Band:
         first_steps = (k_ts == 0)[..., None, :]  # (B, nC, 1, W)
         # A local window's context holds its episode's first step out of place (a gap after it): one table still
         # serves every other key, and each query's offset to its first step (its own timestep) is looked up apart.
+        # Only with a local window: elsewhere the per-row table stays, so that runs without one repeat 0.3.1's
+        # floating point exactly (the same biases in another layout, which the attention kernel sums otherwise).
         self.start_offsets: th.Tensor | None = None
         if bool(in_place.all()):
             delta = distance  # (1, nC, C, W)
-        elif bool((in_place | first_steps).all()):
+        elif local_window is not None and bool((in_place | first_steps).all()):
             delta = distance
             self.start_offsets = q_ts.clamp(max=context_len - 1) + context_len - 1  # (B, nC, C)
         self.offsets = delta.clamp(1 - context_len, context_len - 1) + context_len - 1  # (B or 1, nC, C, W)
