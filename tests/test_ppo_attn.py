@@ -54,6 +54,23 @@ def test_cue_recall_needs_actor_context(actor_context: bool) -> None:
         assert mean <= 0.75  # chance is 0.5: without context the last step's blank observation says nothing
 
 
+def replay_segments(model: AttnPPO) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The last rollout's steps recomputed over short minibatch segments (most of them start inside an episode),
+    with the model's parameters frozen: the trained steps' indices, their log-probs and their values."""
+    buffer, streams = model.rollout_buffer, model._rollout_streams
+    segments = segment_streams(streams, 5)
+    trained = segments.steps >= 0
+    steps = segments.steps[trained].numpy()
+    model.policy.set_training_mode(False)
+    with th.no_grad():
+        obs = take(streams.observations, segments.index.flatten())
+        prev_actions = streams.prev_actions[segments.index.flatten()]
+        hidden, actor_hidden, _ = model.policy.stream_forward(obs, segments.meta, prev_actions=prev_actions)
+        dist = model.policy.action_distribution(take(obs, trained.flatten()), actor_hidden[trained])
+        actions = th.as_tensor(buffer.actions.reshape(-1, *model.action_space.shape)[steps])
+        return steps, dist.log_prob(actions).numpy(), model.policy._value_head(hidden[trained]).numpy()
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -79,21 +96,11 @@ def test_segments_replay_acting_context_exactly(kwargs: dict) -> None:
         if name.endswith("start_bias_raw"):  # zero at init: make the first step's bias matter
             th.nn.init.normal_(param, std=0.3)
     model.learn(3 * 16 * 3)
-    buffer, streams = model.rollout_buffer, model._rollout_streams
-    segments = segment_streams(streams, 5)  # short segments: most of them start inside an episode
-    steps = segments.steps[segments.steps >= 0]
-    assert th.equal(steps.sort().values, th.arange(16 * 3))  # every step trained exactly once per epoch
-    model.policy.set_training_mode(False)
-    with th.no_grad():
-        obs = take(streams.observations, segments.index.flatten())
-        prev_actions = streams.prev_actions[segments.index.flatten()]
-        hidden, actor_hidden, _ = model.policy.stream_forward(obs, segments.meta, prev_actions=prev_actions)
-        trained = segments.steps >= 0
-        dist = model.policy.action_distribution(take(obs, trained.flatten()), actor_hidden[trained])
-        log_prob = dist.log_prob(th.as_tensor(buffer.actions.reshape(-1)[steps.numpy()]))
-        values = model.policy._value_head(hidden[trained])
-    np.testing.assert_allclose(log_prob.numpy(), buffer.log_probs.reshape(-1)[steps.numpy()], atol=1e-5)
-    np.testing.assert_allclose(values.numpy(), buffer.values.reshape(-1)[steps.numpy()], atol=1e-5)
+    steps, log_prob, values = replay_segments(model)
+    assert np.array_equal(np.sort(steps), np.arange(16 * 3))  # every step trained exactly once per epoch
+    buffer = model.rollout_buffer
+    np.testing.assert_allclose(log_prob, buffer.log_probs.reshape(-1)[steps], atol=1e-5)
+    np.testing.assert_allclose(values, buffer.values.reshape(-1)[steps], atol=1e-5)
     assert model.logger.name_to_value["train/approx_kl"] < 1e-6
     assert model.logger.name_to_value["train/clip_fraction"] == 0.0
 
@@ -106,19 +113,9 @@ def test_box_previous_actions_beyond_the_bounds_replay_exactly(encoding: str) ->
                     prev_action_encoding=encoding, policy_kwargs=dict(log_std_init=1.0), n_layers=2, **TINY)  # fmt: skip
     th.nn.init.normal_(model.policy.actor_encoder.action_embedding.weight)  # the previous action must visibly matter
     model.learn(3 * 16 * 2)
-    buffer, streams = model.rollout_buffer, model._rollout_streams
-    assert (np.abs(buffer.actions) > 2).mean() > 0.2
-    segments = segment_streams(streams, 5)
-    steps = segments.steps[segments.steps >= 0].numpy()
-    model.policy.set_training_mode(False)
-    with th.no_grad():
-        obs = take(streams.observations, segments.index.flatten())
-        prev_actions = streams.prev_actions[segments.index.flatten()]
-        _, actor_hidden, _ = model.policy.stream_forward(obs, segments.meta, prev_actions=prev_actions)
-        trained = segments.steps >= 0
-        dist = model.policy.action_distribution(take(obs, trained.flatten()), actor_hidden[trained])
-        log_prob = dist.log_prob(th.as_tensor(buffer.actions.reshape(-1, 1)[steps]))
-    np.testing.assert_allclose(log_prob.numpy(), buffer.log_probs.reshape(-1)[steps], atol=1e-5)
+    assert (np.abs(model.rollout_buffer.actions) > 2).mean() > 0.2
+    steps, log_prob, _ = replay_segments(model)
+    np.testing.assert_allclose(log_prob, model.rollout_buffer.log_probs.reshape(-1)[steps], atol=1e-5)
 
 
 def test_actor_value_head_trains_the_actors_transformer_only() -> None:
