@@ -98,9 +98,10 @@ class Band:
         q_ts, q_ep, q_valid = (self.queries(m[:, None, :, None])[:, 0, ..., 0] for m in meta)  # (B, nC, C)
         k_ts, k_ep, k_valid = (self.windows(m[:, None, :, None])[:, 0, ..., 0] for m in meta)  # (B, nC, W)
         delta = q_ts[..., :, None] - k_ts[..., None, :]  # (B, nC, C, W)
+        first_steps = (k_ts == 0)[..., None, :]  # (B, nC, 1, W): keys that are their episode's first step
         in_band = (delta.abs() < context_len) & ((delta >= 0) | ~causal[:, None, None, None])
         if local_window is not None:  # beyond the local window only the episode's first step
-            in_band &= (delta.abs() < local_window) | (k_ts == 0)[..., None, :]
+            in_band &= (delta.abs() < local_window) | first_steps
         allowed = in_band & (q_ep[..., :, None] == k_ep[..., None, :]) & k_valid[..., None, :]
         # A padding query attends to everything so that no softmax row is empty; its output is discarded.
         self.allowed = allowed | ~q_valid[..., :, None]  # (B, nC, C, W)
@@ -112,7 +113,6 @@ class Band:
         positions = th.arange(T, device=delta.device)[None, None, :, None]
         distance = self.queries(positions)[:, 0, ..., 0, None] - self.windows(positions)[:, 0, ..., None, :, 0]
         in_place = (delta == distance) | ~allowed
-        first_steps = (k_ts == 0)[..., None, :]  # (B, nC, 1, W)
         # A local window's context holds its episode's first step out of place (a gap after it): one table still
         # serves every other key, and each query's offset to its first step (its own timestep) is looked up apart.
         # Only with a local window: elsewhere the per-row table stays, so that runs without one repeat 0.3.1's
@@ -124,7 +124,7 @@ class Band:
             delta = distance
             self.start_offsets = q_ts.clamp(max=context_len - 1) + context_len - 1  # (B, nC, C)
         self.offsets = delta.clamp(1 - context_len, context_len - 1) + context_len - 1  # (B or 1, nC, C, W)
-        self.starts = (k_ts == 0)[:, None, :, None, :]  # (B, 1, nC, 1, W): keys that are their episode's first step
+        self.starts = first_steps[:, None]  # (B, 1, nC, 1, W)
 
     def select(self, rows: th.Tensor) -> "Band":
         """The same layout for a subset of the rows (e.g. a minibatch of a band built once per epoch)."""

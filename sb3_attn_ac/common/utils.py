@@ -192,9 +192,12 @@ def check_contrastive_args(ct_coef: float, ct_temperature: float, mask_ratio: fl
         raise ValueError(f"mask_ratio must be in the open interval (0, 1), got {mask_ratio!r}")
 
 
-def check_loss_coefs(q_att_loss_coef: float, next_state_coef: float, rtg_coef: float) -> None:
+def check_loss_coefs(q_att_loss_coef: float, next_state_coef: float, rtg_coef: float, actor_value_coef: float) -> None:
     """Raise a ValueError naming the argument for a negative weight of an auxiliary loss."""
-    for name, value in [("q_att_loss_coef", q_att_loss_coef), ("next_state_coef", next_state_coef), ("rtg_coef", rtg_coef)]:
+    coefs = dict(
+        q_att_loss_coef=q_att_loss_coef, next_state_coef=next_state_coef, rtg_coef=rtg_coef, actor_value_coef=actor_value_coef
+    )
+    for name, value in coefs.items():
         if value < 0:
             raise ValueError(f"{name} must be >= 0 (0 turns the term off), got {value!r}")
 
@@ -223,10 +226,9 @@ def check_rollout_args(n_episodes: int | None, max_rollout_steps: int) -> None:
 
 
 def check_actor_value(actor_value_coef: float, actor_context: bool, shared_transformer: bool) -> None:
-    """Raise a ValueError naming the argument for a negative ``actor_value_coef``, or a positive one without an actor
-    transformer of its own (``actor_context=True, shared_transformer=False``) for its value head to train."""
-    if actor_value_coef < 0:
-        raise ValueError(f"actor_value_coef must be >= 0 (0 turns the actor's value head off), got {actor_value_coef!r}")
+    """Raise a ValueError naming the argument for a positive ``actor_value_coef`` without an actor transformer of
+    its own (``actor_context=True, shared_transformer=False``) for its value head to train (its sign:
+    :func:`check_loss_coefs`)."""
     if actor_value_coef > 0 and not (actor_context and not shared_transformer):
         raise ValueError(
             "actor_value_coef > 0 trains a value head on the actor's own transformer: it needs actor_context=True and "

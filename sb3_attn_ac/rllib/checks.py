@@ -48,7 +48,7 @@ def check_attention_config(args: dict[str, Any]) -> None:
     check_flags(**{name: args[name] for name in flags})
     check_prev_action_encoding(args["prev_action_encoding"])
     check_contrastive_args(args["ct_coef"], args["ct_temperature"], args["mask_ratio"])
-    check_loss_coefs(args["q_att_loss_coef"], args["next_state_coef"], args["rtg_coef"])
+    check_loss_coefs(args["q_att_loss_coef"], args["next_state_coef"], args["rtg_coef"], args["actor_value_coef"])
     check_actor_value(args["actor_value_coef"], args["actor_context"], args["shared_transformer"])
     check_policy_kwargs(args["policy_kwargs"], POLICY_ARGS, "attn_ppo_config")
     if args["actor_context"] and not args["shared_transformer"]:

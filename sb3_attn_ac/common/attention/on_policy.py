@@ -157,7 +157,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
             local_window,
         )
         check_contrastive_args(ct_coef, ct_temperature, mask_ratio)
-        check_loss_coefs(q_att_loss_coef, next_state_coef, rtg_coef)
+        check_loss_coefs(q_att_loss_coef, next_state_coef, rtg_coef, actor_value_coef)
         check_actor_value(actor_value_coef, actor_context, shared_transformer)
         # The algorithm sets these policy arguments itself (the heads from next_state_coef and rtg_coef).
         check_policy_kwargs(policy_kwargs, POLICY_ARGS, type(self).__name__)

@@ -300,6 +300,13 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.token_embedding = nn.Linear(self.features_dim, self.d_model)
         action_dim = get_flattened_obs_dim(self.action_space) if self.prev_action else 0
         self.action_embedding = nn.Linear(action_dim, self.d_model, bias=False) if action_dim else None
+        # The bounds a Box previous action is clipped to and scaled by (prev_action_encoding="bounded"), built once
+        # here rather than per acting step; not saved (the action space gives them).
+        bounds = None
+        if action_dim and self.prev_action_encoding == "bounded" and isinstance(self.action_space, spaces.Box):
+            bounds = th.as_tensor(np.stack([self.action_space.low, self.action_space.high]), dtype=th.float32)
+        self.action_bounds: th.Tensor | None
+        self.register_buffer("action_bounds", None if bounds is None else bounds.reshape(2, 1, -1), persistent=False)
         relative = self.position_encoding != "absolute"
         self.positions = EpisodeStartEmbedding(self.d_model) if relative else SinusoidalPositions(self.d_model)
         self.transformer = EpisodeTransformer(
@@ -636,10 +643,9 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         if isinstance(self.action_space, spaces.Discrete):
             actions = actions[:, 0]
         encoded = preprocess_obs(actions, self.action_space).reshape(N, -1)  # type: ignore[union-attr]
-        if self.prev_action_encoding == "bounded" and isinstance(self.action_space, spaces.Box):
-            space = self.action_space
-            low, high = (th.as_tensor(b, device=encoded.device).reshape(1, -1) for b in (space.low, space.high))
-            encoded = (2 * (th.clamp(encoded, low, high) - low) / (high - low) - 1).to(encoded.dtype)
+        if self.action_bounds is not None:
+            low, high = self.action_bounds
+            encoded = 2 * (th.clamp(encoded, low, high) - low) / (high - low) - 1
         return (timesteps > 0)[..., None] * encoder.action_embedding(encoded).view(*timesteps.shape, -1)
 
     def _first_step_hidden(self, obs: PyTorchObs, encoder: "AttnActorCriticPolicy | EpisodeEncoder") -> th.Tensor:
