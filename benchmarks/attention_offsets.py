@@ -48,7 +48,7 @@ def attention_summary(run: Path, env_id: str, n_episodes: int, seed: int) -> tup
         # Replay the episode as one stream; actions as the buffer stores them, the policy's own encoding applies.
         stream, meta, prev_actions = policy._stream_inputs(np.array(observations), None, np.array(actions))
         with th.no_grad():
-            tokens = policy._tokens(encoder, stream, meta.timesteps, prev_actions=prev_actions)
+            tokens = policy._tokens(encoder, stream, meta.timesteps, prev_actions=prev_actions, meta=meta)
             weights = encoder.transformer.attention_weights(tokens, encoder.transformer.band(meta))
         T = len(observations)
         rows = th.arange(1, T)

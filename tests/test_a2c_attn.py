@@ -63,10 +63,20 @@ def frozen_model(n_envs: int = 3, max_steps: int = 20, **kwargs) -> AttnA2C:
         # A local window's short prefix: the episode's first step, then 2 * (2 - 1) steps (2 * 9 without it); the
         # first step is read up to 9 steps back, across the 7-step rollouts.
         (0.1, True, 0.0, False, True, dict(context_len=10, local_window=2, start_bias=True)),
+        # The previous step's features in the token, carried across rollouts (and across the local window's gap).
+        (0.1, True, 0.0, False, False, dict(prev_obs=True)),
+        (0.1, True, 0.0, True, True, dict(prev_obs=True, context_len=10, local_window=2, start_bias=True)),
+        (0.1, True, 0.0, False, True, dict(actor_reads_critic=True, prev_obs=True, context_len=10, local_window=2)),
     ],
 )
 def test_rollout_values_equal_trajectory_values(
-    ct_coef: float, actor_context: bool, q_att_coef: float, shared_transformer: bool, prev_action: bool, window: dict
+    ct_coef: float,
+    actor_context: bool,
+    q_att_coef: float,
+    shared_transformer: bool,
+    prev_action: bool,
+    window: dict,
+    visible_context,
 ) -> None:
     # Episodes (time limit 20) cross rollout boundaries (7 steps) and a second learn() call.
     model = frozen_model(
@@ -79,12 +89,7 @@ def test_rollout_values_equal_trajectory_values(
     )
     if q_att_coef:
         th.nn.init.normal_(model.policy.q_head.weight)  # Q_att must visibly shape the acting distribution
-    for name, param in model.policy.named_parameters():
-        if name.endswith("start_bias_raw"):  # zero at init: make the first step's bias matter
-            th.nn.init.normal_(param, std=0.3)
-    for embedding in [model.policy.action_embedding, getattr(model.policy.actor_encoder, "action_embedding", None)]:
-        if embedding is not None:
-            th.nn.init.normal_(embedding.weight)  # the previous action must visibly move values and actions
+    visible_context(model)
     recorder = RolloutRecorder()
     model.learn(3 * 7 * 6, callback=recorder)
     model.learn(3 * 7 * 4, callback=recorder, reset_num_timesteps=False)
@@ -181,6 +186,7 @@ def test_custom_rollout_buffer_class() -> None:
         (dict(key_encoder="target"), "key_encoder must be one of"),
         (dict(position_encoding="rope"), r"position_encoding must be one of \('relative', 'alibi', 'absolute'\)"),
         (dict(prev_action="False"), "prev_action must be True or False, got 'False'"),  # a string from a config file
+        (dict(prev_obs=1), "prev_obs must be True or False, got 1"),
         (dict(actor_context=1), "actor_context must be True or False, got 1"),
         (dict(actor_value_coef=-1.0), r"actor_value_coef must be >= 0"),
         (

@@ -170,3 +170,28 @@ def test_box_previous_action_is_clipped_and_scaled(encoding: str) -> None:
     wanted = [-2.0, -2.0, 1.0, 2.0, 2.0, 0.0] if encoding == "bounded" else [-5.0, -2.0, 1.0, 2.0, 3.0, 0.0]
     expected = scale * th.tensor(wanted)[:, None] * weight  # nothing at an episode's first step
     th.testing.assert_close(tokens, expected)
+
+
+def test_prev_obs_stays_inside_its_episode_and_hidden_in_the_masked_copy(stream) -> None:
+    # context_len=1: a step attends to itself only, so what it reads of another step comes through prev_obs alone.
+    policy, (obs, starts) = make_policy(prev_obs=True, context_len=1), stream
+    th.nn.init.normal_(policy.prev_obs_embedding.weight)
+    v = policy.trajectory_values(obs, starts)
+    obs2 = obs.copy()
+    obs2[[12, 19]] += 0.5  # step 19 is the first episode's last
+    diff = changed(v, policy.trajectory_values(obs2, starts))
+    assert diff.nonzero()[0].tolist() == [12, 13, 19]  # each step and the next of its episode
+    # The masked copy: a replaced step's features reach neither its own row nor the next one.
+    meta = policy._stream_meta(30, starts)
+    with th.no_grad():
+        th.manual_seed(1)
+        hidden, _, masked = policy.stream_forward(th.as_tensor(obs), meta, mask_ratio=0.3)
+        selected = masked.selected[0].numpy()
+        t = int(np.flatnonzero(selected[:-1] & ~selected[1:] & ~starts[1:])[0])
+        obs3 = obs.copy()
+        obs3[t] += 0.5
+        th.manual_seed(1)
+        hidden3, _, masked3 = policy.stream_forward(th.as_tensor(obs3), meta, mask_ratio=0.3)
+    assert th.equal(masked3.selected, masked.selected)
+    assert th.equal(masked3.hidden[0, t : t + 2], masked.hidden[0, t : t + 2])
+    assert changed(hidden3[0, t + 1], hidden[0, t + 1]).any()  # the causal rows still read it

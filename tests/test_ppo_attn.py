@@ -84,17 +84,19 @@ def replay_segments(model: AttnPPO) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         # 12 steps cross the 16-step rollouts and their first step stays readable 7 steps back.
         dict(actor_context=True, start_bias=True, prev_action=True, local_window=2, context_len=8),
         dict(actor_context=True, shared_transformer=False, position_encoding="alibi"),
+        # The previous step's features in the token: one more step of prefix, and segments that start inside episodes.
+        dict(actor_context=True, prev_obs=True),
+        dict(actor_context=True, shared_transformer=False, start_bias=True, prev_obs=True, local_window=2, context_len=8),
+        # The actor also reads the critic's transformer: acting runs both, their layers in one cache.
+        dict(actor_context=True, shared_transformer=False, actor_reads_critic=True),
+        dict(actor_context=True, shared_transformer=False, actor_reads_critic=True, prev_obs=True, local_window=2),
     ],
 )
-def test_segments_replay_acting_context_exactly(kwargs: dict) -> None:
+def test_segments_replay_acting_context_exactly(kwargs: dict, visible_context) -> None:
     # Frozen parameters: the minibatch segments must reproduce the acting-time log-probs and values.
     env = make_vec_env("CartPole-v1", n_envs=3, seed=0, env_kwargs=dict(max_episode_steps=12))
     model = AttnPPO("MlpPolicy", env, learning_rate=0.0, n_layers=2, **{**TINY, **kwargs})
-    if model.policy.action_embedding is not None:
-        th.nn.init.normal_(model.policy.action_embedding.weight)  # the previous action must visibly matter
-    for name, param in model.policy.named_parameters():
-        if name.endswith("start_bias_raw"):  # zero at init: make the first step's bias matter
-            th.nn.init.normal_(param, std=0.3)
+    visible_context(model)
     model.learn(3 * 16 * 3)
     steps, log_prob, values = replay_segments(model)
     assert np.array_equal(np.sort(steps), np.arange(16 * 3))  # every step trained exactly once per epoch
@@ -402,6 +404,89 @@ def test_predict_state_carries_the_previous_action(tmp_path) -> None:
         a, state_a = model.predict(obs[t], state=state_a, deterministic=True)
         b, state_b = loaded.predict(obs[t], state=state_b, deterministic=True)
         assert np.array_equal(a, b)
+
+
+def test_prev_obs_reads_the_step_before_and_predict_carries_it(tmp_path) -> None:
+    # context_len=1: no attention to other steps, so the previous step reaches a token only through prev_obs.
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    kwargs = dict(actor_context=True, prev_obs=True, shared_transformer=False)
+    model = AttnPPO("MlpPolicy", env, **kwargs, **{**TINY, "context_len": 1})
+    th.nn.init.normal_(model.policy.actor_encoder.prev_obs_embedding.weight)  # the previous step must visibly matter
+    obs = np.random.default_rng(0).normal(size=(6, 2, 4)).astype(np.float32)
+    stream = obs[:, 0]
+    probs = model.policy.trajectory_distribution(stream).distribution.probs
+    changed = stream.copy()
+    changed[2] += 1.0
+    moved = (model.policy.trajectory_distribution(changed).distribution.probs - probs).abs().sum(-1)
+    assert moved[3] > 1e-4 and th.equal(moved[4:], th.zeros(2))  # step 3 reads step 2; step 4 does not
+    restarted = model.policy.trajectory_distribution(changed, episode_starts=np.arange(6) == 3).distribution.probs
+    assert th.allclose(restarted[3], model.policy.get_distribution(th.as_tensor(changed[3:4])).distribution.probs[0])
+    # predict carries each env's last features in its state, and equals the batched pass.
+    _, state = model.predict(obs[0], deterministic=True)
+    assert len(state) == 5 and np.array_equal(state[4][0], obs[0])  # MlpPolicy's features: the observation
+    acted, state = [], None
+    for t in range(6):
+        action, state = model.predict(stream[t : t + 1], state=state, episode_start=np.array([t == 0]), deterministic=True)
+        acted.append(action[0])
+    expected = model.policy.trajectory_distribution(stream).get_actions(deterministic=True).numpy()
+    assert np.array_equal(np.array(acted), expected)
+    model.save(tmp_path / "ppo.zip")
+    loaded = AttnPPO.load(tmp_path / "ppo.zip", env=env)
+    assert loaded.prev_obs and loaded.policy.prev_obs
+    state_a = state_b = None
+    for t in range(4):
+        a, state_a = model.predict(obs[t], state=state_a, episode_start=np.array([t == 0, t == 2]), deterministic=True)
+        b, state_b = loaded.predict(obs[t], state=state_b, episode_start=np.array([t == 0, t == 2]), deterministic=True)
+        assert np.array_equal(a, b) and np.array_equal(state_a[4], state_b[4])
+    with pytest.raises(ValueError, match="prev_obs must be True or False, got 'True'"):
+        AttnPPO("MlpPolicy", env, prev_obs="True")
+
+
+def test_actor_reads_the_critic_through_a_stopped_gradient() -> None:
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    kwargs = dict(actor_context=True, shared_transformer=False, actor_reads_critic=True, prev_obs=True, n_layers=2)
+    model = AttnPPO("MlpPolicy", env, **kwargs, **TINY)
+    policy = model.policy
+    obs = np.random.default_rng(0).normal(size=(6, 2, 4)).astype(np.float32)
+    # The policy gradient reaches the actor's transformer and not the critic's, whose output the actor still reads.
+    hidden, actor_hidden, _ = policy.stream_forward(th.as_tensor(obs[:, 0]), policy._stream_meta(6, None))
+    assert actor_hidden.shape == (1, 6, 2 * 16) and th.equal(actor_hidden[..., 16:], hidden)
+    policy.action_distribution(th.as_tensor(obs[:, 0]), actor_hidden[0]).log_prob(th.zeros(6)).sum().backward()
+    assert policy.actor_encoder.transformer.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in policy.transformer.parameters())
+    before = policy.trajectory_distribution(obs[:, 0]).distribution.probs
+    with th.no_grad():
+        policy.transformer.blocks[1].mlp[2].weight.mul_(10.0)
+    assert not th.allclose(policy.trajectory_distribution(obs[:, 0]).distribution.probs, before)
+    # predict: both transformers' layers in one cache (the actor's first), both features; the batched pass again.
+    _, state = model.predict(obs[0], deterministic=True)
+    assert state[0].shape == (4, 2, 2, 3, 8) and state[4].shape == (1, 2, 8)
+    acted, state = [], None
+    for t in range(6):
+        action, state = model.predict(obs[t, :1], state=state, episode_start=np.array([t == 0]), deterministic=True)
+        acted.append(action[0])
+    expected = policy.trajectory_distribution(obs[:, 0]).get_actions(deterministic=True).numpy()
+    assert np.array_equal(np.array(acted), expected)
+    with pytest.raises(ValueError, match=r"actor_reads_critic=True .* needs actor_context=True and shared_transformer=False"):
+        AttnPPO("MlpPolicy", env, actor_context=True, actor_reads_critic=True)
+
+
+@pytest.mark.parametrize("prev_obs", [False, True])
+def test_repeat_the_last_observation_needs_prev_obs_without_a_window(prev_obs: bool) -> None:
+    """context_len=1 attends to nothing else: the symbol of the step before reaches the actor only through the
+    previous step's features in its token."""
+    model = AttnPPO(
+        "MlpPolicy", make_vec_env(RepeatPreviousEnv, n_envs=8, seed=0, env_kwargs=dict(k=1)), n_steps=32, batch_size=64,
+        n_epochs=4, learning_rate=3e-3, context_len=1, seed=0, actor_context=True, prev_obs=prev_obs,
+        policy_kwargs=dict(net_arch=dict(pi=[32], vf=[32])),
+    )  # fmt: skip
+    model.learn(6_000)
+    env = make_vec_env(RepeatPreviousEnv, n_envs=1, seed=7, env_kwargs=dict(k=1))
+    mean, _ = evaluate_policy(model, env, n_eval_episodes=20)
+    if prev_obs:
+        assert mean >= 0.7  # 0.85 here
+    else:
+        assert mean <= 0.4  # chance is 0.25
 
 
 @pytest.mark.parametrize("algo", [AttnPPO, AttnA2C])

@@ -125,6 +125,8 @@ def test_options_rllib_cannot_run_are_refused_by_name() -> None:
         attn_ppo_config(actor_context=True, shared_transformer=False)
     with pytest.raises(ValueError, match="prev_action=True is not supported on RLlib"):
         attn_ppo_config(prev_action=True)
+    with pytest.raises(ValueError, match="prev_obs=True is not supported on RLlib"):
+        attn_ppo_config(prev_obs=True)
     with pytest.raises(ValueError, match="n_episodes: AttnPPO's rollout options"):
         attn_ppo_config(n_episodes=4)
     with pytest.raises(ValueError, match="max_seq_len must be an integer >= 1"):

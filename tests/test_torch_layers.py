@@ -9,6 +9,7 @@ from sb3_attn_ac.common.torch_layers import (
     SinusoidalPositions,
     TokenMeta,
     keeps_first_step,
+    previous_steps,
     stream_prefix_len,
 )
 
@@ -164,6 +165,23 @@ def test_local_window_keeps_the_first_step_and_the_last_steps(T: int) -> None:
         for t in range(11, T):
             out, cache = model.step(x[:, t], cache.reset(meta.timesteps[:, t] == 0), meta.timesteps[:, t])
             assert th.allclose(out[0], batched[0, t], atol=1e-5), t
+
+
+def test_previous_steps_are_the_same_episodes_step_before() -> None:
+    # Two streams: an episode restarting at column 3; a local window's context (first step, a gap, then steps 5-7)
+    # whose second column is padding-free but not the first step's successor; and padding at the end.
+    meta = TokenMeta(
+        th.tensor([[4, 5, 6, 0, 1, 2], [0, 5, 6, 7, 0, 0]]),
+        th.tensor([[1, 1, 1, 2, 2, 2], [1, 1, 1, 1, 1, 1]]),
+        th.tensor([[True] * 6, [True, True, True, True, False, False]]),
+    )
+    x = th.arange(1.0, 13.0).view(2, 6, 1)
+    assert previous_steps(x, meta)[..., 0].tolist() == [[0, 1, 2, 0, 4, 5], [0, 0, 8, 9, 0, 0]]
+    # A hidden column (the masked copy's masked step) reaches no next token.
+    hidden = th.zeros(2, 6, dtype=th.bool)
+    hidden[0, 1] = True
+    assert previous_steps(x, meta, hidden)[0, :, 0].tolist() == [0, 1, 0, 0, 4, 5]
+    assert stream_prefix_len(2, 8, None, prev_obs=True) == 15 and stream_prefix_len(2, 8, 3, prev_obs=True) == 6
 
 
 def test_chunked_attention_equals_dense_window() -> None:

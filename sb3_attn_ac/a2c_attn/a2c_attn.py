@@ -91,12 +91,19 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         embedding of the step's index in its episode (sb3-attn-ac 0.1; its saved models load with it)
     :param shared_transformer: with ``actor_context``, the actor reads the critic's transformer (True) or its own
         (False: value-loss steps never move the actor's inputs, as RecurrentPPO's separate critic LSTM)
+    :param actor_reads_critic: with ``shared_transformer=False``, the actor also reads the critic's transformer
+        output through a stopped gradient (see :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`);
+        acting then runs both transformers
     :param prev_action: each token also embeds the previous step's action (see
         :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`); ``predict`` then carries each
         env's last action in ``state``
     :param prev_action_encoding: ``"bounded"`` (default): a Box action enters the token clipped to the action
         space's bounds and scaled to [-1, 1]; ``"raw"``: unclipped, as sb3-attn-ac 0.3.1 (see
         :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`)
+    :param prev_obs: each token also embeds the previous step's features, so two consecutive steps (a velocity
+        from two positions) need no attention head (see
+        :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`); ``predict`` then carries each
+        env's last features in ``state``
     :param start_bias: each attention head also learns a bias for its episode's first step (see
         :class:`~sb3_attn_ac.common.attention.policies.AttnActorCriticPolicy`; needs ``position_encoding``
         ``"relative"`` or ``"alibi"``)
@@ -150,8 +157,10 @@ class AttnA2C(AttnOnPolicyAlgorithm):
         max_rollout_steps: int = 4096,
         position_encoding: str = "relative",
         shared_transformer: bool = True,
+        actor_reads_critic: bool = False,
         prev_action: bool = False,
         prev_action_encoding: str = "bounded",
+        prev_obs: bool = False,
         start_bias: bool = False,
         local_window: int | None = None,
         _init_setup_model: bool = True,
@@ -197,8 +206,10 @@ class AttnA2C(AttnOnPolicyAlgorithm):
             max_rollout_steps=max_rollout_steps,
             position_encoding=position_encoding,
             shared_transformer=shared_transformer,
+            actor_reads_critic=actor_reads_critic,
             prev_action=prev_action,
             prev_action_encoding=prev_action_encoding,
+            prev_obs=prev_obs,
             start_bias=start_bias,
             local_window=local_window,
         )

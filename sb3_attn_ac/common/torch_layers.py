@@ -46,18 +46,20 @@ def dropout_layer(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
-def stream_prefix_len(n_layers: int, context_len: int, local_window: int | None) -> int:
+def stream_prefix_len(n_layers: int, context_len: int, local_window: int | None, prev_obs: bool = False) -> int:
     """Steps of context a stream must hold before a token for that token's output to be the one it had while
     acting: the receptive field ``n_layers * (context_len - 1)``, or with a local window w the last
     ``n_layers * (w - 1)`` steps and one more column for the episode's first step (beyond the local window a layer
-    reads only that step, whose outputs depend on itself alone), where that is fewer.
+    reads only that step, whose outputs depend on itself alone), where that is fewer. With ``prev_obs`` each token
+    also reads the step before it, one more step.
 
     :param n_layers: transformer blocks
     :param context_len: K, each layer's window
     :param local_window: w <= K, or None
+    :param prev_obs: whether each token embeds the previous step's features (:func:`previous_steps`)
     """
     full = n_layers * (context_len - 1)
-    return full if local_window is None else min(full, 1 + n_layers * (local_window - 1))
+    return int(prev_obs) + (full if local_window is None else min(full, 1 + n_layers * (local_window - 1)))
 
 
 def keeps_first_step(n_layers: int, context_len: int, local_window: int | None) -> bool:
@@ -65,6 +67,23 @@ def keeps_first_step(n_layers: int, context_len: int, local_window: int | None) 
     step wherever that lies before the other columns (see
     :class:`~sb3_attn_ac.common.attention.buffers.EpisodeBufferMixin`)."""
     return stream_prefix_len(n_layers, context_len, local_window) < n_layers * (context_len - 1)
+
+
+def previous_steps(x: th.Tensor, meta: TokenMeta, hidden: th.Tensor | None = None) -> th.Tensor:
+    """Each token's previous step of the same episode: the column before it where that column holds the step just
+    before (valid, same episode, one step earlier), zero elsewhere (an episode's first step, or a context whose
+    earlier step was not kept).
+
+    :param x: (B, T, F) per-step values
+    :param meta: (B, T) their metadata
+    :param hidden: (B, T) columns whose value the next token must not see (the masked copy's masked steps)
+    :return: (B, T, F)
+    """
+    follows = (meta.timesteps[:, 1:] == meta.timesteps[:, :-1] + 1) & (meta.episode_ids[:, 1:] == meta.episode_ids[:, :-1])
+    follows &= meta.valid[:, :-1]
+    if hidden is not None:
+        follows &= ~hidden[:, :-1]
+    return F.pad(x[:, :-1] * follows[..., None], (0, 0, 1, 0))
 
 
 class Band:
@@ -506,11 +525,14 @@ class KVCache(NamedTuple):
     :param keys: (n_layers, B, H, K - 1, d)
     :param values: (n_layers, B, H, K - 1, d)
     :param valid: (B, K - 1) slots holding steps of the running episode (oldest first)
+    :param last: (B, F) with ``prev_obs``: each row's last step's features, which the next token embeds (None
+        without; zero where the running episode has no step yet)
     """
 
     keys: th.Tensor
     values: th.Tensor
     valid: th.Tensor
+    last: th.Tensor | None = None
 
     @classmethod
     def from_stream(cls, keys: th.Tensor, values: th.Tensor, meta: TokenMeta, context_len: int) -> "KVCache":
@@ -542,7 +564,8 @@ class KVCache(NamedTuple):
 
         :param rows: (B,) bool
         """
-        return KVCache(self.keys, self.values, self.valid & ~rows[:, None])
+        last = None if self.last is None else self.last * ~rows[:, None]
+        return KVCache(self.keys, self.values, self.valid & ~rows[:, None], last)
 
 
 class SinusoidalPositions(nn.Module):
@@ -596,6 +619,7 @@ class EpisodeEncoder(nn.Module):
     :param action_dim: width of the previous action's encoding added to each token (0: none)
     :param start_bias: (with ``relative_positions``) each head also learns a bias for the episode's first step
     :param local_window: w <= K: beyond the last w steps a layer sees only the episode's first step (None: all K)
+    :param prev_obs: each token also embeds the previous step's features (:func:`previous_steps`)
     """
 
     def __init__(
@@ -610,10 +634,12 @@ class EpisodeEncoder(nn.Module):
         action_dim: int = 0,
         start_bias: bool = False,
         local_window: int | None = None,
+        prev_obs: bool = False,
     ) -> None:
         super().__init__()
         self.token_embedding = nn.Linear(features_dim, d_model)
         self.action_embedding = nn.Linear(action_dim, d_model, bias=False) if action_dim else None
+        self.prev_obs_embedding = nn.Linear(features_dim, d_model, bias=False) if prev_obs else None
         self.positions = EpisodeStartEmbedding(d_model) if relative_positions else SinusoidalPositions(d_model)
         self.transformer = EpisodeTransformer(
             d_model, n_layers, n_heads, context_len, dropout, relative_positions, start_bias, local_window

@@ -236,6 +236,17 @@ def check_actor_value(actor_value_coef: float, actor_context: bool, shared_trans
         )
 
 
+def check_actor_reads_critic(actor_reads_critic: bool, actor_context: bool, shared_transformer: bool) -> None:
+    """Raise a ValueError naming the argument for ``actor_reads_critic`` without an actor transformer of its own
+    (``actor_context=True, shared_transformer=False``; a shared one is the critic's already)."""
+    if actor_reads_critic and not (actor_context and not shared_transformer):
+        raise ValueError(
+            "actor_reads_critic=True gives an actor with a transformer of its own the critic's output too: it needs "
+            f"actor_context=True and shared_transformer=False, got actor_context={actor_context!r}, "
+            f"shared_transformer={shared_transformer!r}"
+        )
+
+
 def check_q_att(q_att_coef: float, action_space: spaces.Space, separate_actor: bool = False) -> None:
     """Raise a ValueError for a negative Q_att coefficient, or a positive one without Discrete actions or with an
     actor transformer of its own (``separate_actor``: acting would then need both transformers)."""

@@ -6,6 +6,7 @@ from gymnasium import spaces
 
 from sb3_attn_ac.common.attention.on_policy import POLICY_ARGS
 from sb3_attn_ac.common.utils import (
+    check_actor_reads_critic,
     check_actor_value,
     check_attention_args,
     check_contrastive_args,
@@ -44,12 +45,21 @@ def check_attention_config(args: dict[str, Any]) -> None:
         args["start_bias"],
         args["local_window"],
     )
-    flags = ("bert_masking", "actor_context", "shared_transformer", "prev_action", "start_bias")
+    flags = (
+        "bert_masking",
+        "actor_context",
+        "shared_transformer",
+        "actor_reads_critic",
+        "prev_action",
+        "prev_obs",
+        "start_bias",
+    )
     check_flags(**{name: args[name] for name in flags})
     check_prev_action_encoding(args["prev_action_encoding"])
     check_contrastive_args(args["ct_coef"], args["ct_temperature"], args["mask_ratio"])
     check_loss_coefs(args["q_att_loss_coef"], args["next_state_coef"], args["rtg_coef"], args["actor_value_coef"])
     check_actor_value(args["actor_value_coef"], args["actor_context"], args["shared_transformer"])
+    check_actor_reads_critic(args["actor_reads_critic"], args["actor_context"], args["shared_transformer"])
     check_policy_kwargs(args["policy_kwargs"], POLICY_ARGS, "attn_ppo_config")
     if args["actor_context"] and not args["shared_transformer"]:
         raise ValueError(
@@ -61,6 +71,11 @@ def check_attention_config(args: dict[str, Any]) -> None:
             "prev_action=True is not supported on RLlib yet: RLlib's module computes the action distribution before the "
             "action is sampled, so its state cannot carry it; RLlib's PrevActionsPrevRewards connector adds previous "
             "actions to the observations instead"
+        )
+    if args["prev_obs"]:
+        raise ValueError(
+            "prev_obs=True is not supported on RLlib yet: the module's state and its training sequences do not carry "
+            "the previous step's features; use prev_obs=False (the default)"
         )
     if not isinstance(args["max_seq_len"], int) or args["max_seq_len"] < 1:
         raise ValueError(f"max_seq_len must be an integer >= 1, got {args['max_seq_len']!r}")

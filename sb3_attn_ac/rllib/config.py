@@ -50,8 +50,10 @@ class AttnPPOConfig(PPOConfig):
         self.actor_value_coef = 0.0
         self.position_encoding = "relative"
         self.shared_transformer = True
+        self.actor_reads_critic = False
         self.prev_action = False
         self.prev_action_encoding = "bounded"
+        self.prev_obs = False
         self.start_bias = False
         self.local_window: int | None = None
         self.policy_kwargs: dict[str, Any] | None = None
@@ -79,8 +81,10 @@ class AttnPPOConfig(PPOConfig):
         actor_value_coef: float = NotProvided,  # type: ignore[assignment]
         position_encoding: str = NotProvided,  # type: ignore[assignment]
         shared_transformer: bool = NotProvided,  # type: ignore[assignment]
+        actor_reads_critic: bool = NotProvided,  # type: ignore[assignment]
         prev_action: bool = NotProvided,  # type: ignore[assignment]
         prev_action_encoding: str = NotProvided,  # type: ignore[assignment]
+        prev_obs: bool = NotProvided,  # type: ignore[assignment]
         start_bias: bool = NotProvided,  # type: ignore[assignment]
         local_window: int | None = NotProvided,  # type: ignore[assignment]
         policy_kwargs: dict[str, Any] | None = NotProvided,  # type: ignore[assignment]
@@ -112,8 +116,11 @@ class AttnPPOConfig(PPOConfig):
         :param position_encoding: ``"relative"`` (offset biases and a start-of-episode embedding), ``"alibi"`` (the
             same, offset biases starting as ALiBi's recency slopes) or ``"absolute"``
         :param shared_transformer: must stay True on RLlib (the actor reads the critic's transformer)
+        :param actor_reads_critic: must stay False on RLlib (it needs an actor transformer of its own)
         :param prev_action: must stay False on RLlib (the token of the previous action is not supported there yet)
         :param prev_action_encoding: ``"bounded"`` or ``"raw"`` (AttnPPO's; no effect while ``prev_action`` is False)
+        :param prev_obs: must stay False on RLlib (the previous step's features in the token are not supported there
+            yet)
         :param start_bias: each attention head also learns a bias for its episode's first step (with
             ``position_encoding="relative"`` or ``"alibi"``)
         :param local_window: None, or w <= ``context_len``: beyond the last w steps each layer attends only to the
@@ -197,8 +204,10 @@ ATTENTION_ARGS = (
     "actor_value_coef",
     "position_encoding",
     "shared_transformer",
+    "actor_reads_critic",
     "prev_action",
     "prev_action_encoding",
+    "prev_obs",
     "start_bias",
     "local_window",
     "policy_kwargs",

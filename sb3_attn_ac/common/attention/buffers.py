@@ -194,7 +194,7 @@ class EpisodeBufferMixin:
             th.as_tensor(np.cumsum(context(self.prefix_episode_starts, self.episode_starts).T, axis=1), device=self.device),
             th.as_tensor(context(self.prefix_valid, self.valid_rows).T, device=self.device),
         )
-        prev_actions = context(self.prefix_prev_actions, self.prev_actions).swapaxes(0, 1).reshape(E * P, -1)
+        prev_actions = context(self.prefix_prev_actions, self.prev_actions).swapaxes(0, 1).reshape(E * P, self.action_dim)
         return observations, meta, th.as_tensor(prev_actions, device=self.device)
 
     def _prefix_after(self, T: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:

@@ -28,6 +28,7 @@ from sb3_attn_ac.common.attention.policies import (
 from sb3_attn_ac.common.attention.type_aliases import EpisodeStreams, MaskedPass, StreamValues
 from sb3_attn_ac.common.torch_layers import keeps_first_step, stream_prefix_len
 from sb3_attn_ac.common.utils import (
+    check_actor_reads_critic,
     check_actor_value,
     check_attention_args,
     check_contrastive_args,
@@ -56,8 +57,10 @@ POLICY_ARGS = (
     "q_att_coef",
     "position_encoding",
     "shared_transformer",
+    "actor_reads_critic",
     "prev_action",
     "prev_action_encoding",
+    "prev_obs",
     "start_bias",
     "local_window",
 )
@@ -130,8 +133,10 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         max_rollout_steps: int,
         position_encoding: str,
         shared_transformer: bool,
+        actor_reads_critic: bool,
         prev_action: bool,
         prev_action_encoding: str,
+        prev_obs: bool,
         start_bias: bool,
         local_window: int | None,
     ) -> None:
@@ -140,7 +145,9 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
             bert_masking=bert_masking,
             actor_context=actor_context,
             shared_transformer=shared_transformer,
+            actor_reads_critic=actor_reads_critic,
             prev_action=prev_action,
+            prev_obs=prev_obs,
             start_bias=start_bias,
         )
         check_prev_action_encoding(prev_action_encoding)
@@ -159,6 +166,7 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         check_contrastive_args(ct_coef, ct_temperature, mask_ratio)
         check_loss_coefs(q_att_loss_coef, next_state_coef, rtg_coef, actor_value_coef)
         check_actor_value(actor_value_coef, actor_context, shared_transformer)
+        check_actor_reads_critic(actor_reads_critic, actor_context, shared_transformer)
         # The algorithm sets these policy arguments itself (the heads from next_state_coef and rtg_coef).
         check_policy_kwargs(policy_kwargs, POLICY_ARGS, type(self).__name__)
         check_n_steps(n_steps, n_episodes)
@@ -205,8 +213,10 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.max_rollout_steps = max_rollout_steps
         self.position_encoding = position_encoding
         self.shared_transformer = shared_transformer
+        self.actor_reads_critic = actor_reads_critic
         self.prev_action = prev_action
         self.prev_action_encoding = prev_action_encoding
+        self.prev_obs = prev_obs
         self.start_bias = start_bias
         self.local_window = local_window
 
@@ -228,10 +238,11 @@ class AttnOnPolicyAlgorithm(OnPolicyAlgorithm):
                 f"got {self.rollout_buffer_class}"
             )
         # The buffer is built before the policy: its prefix (the critic's receptive field, or with a local window the
-        # episode's first step and the last n_layers * (local_window - 1) steps) comes from the arguments.
+        # episode's first step and the last n_layers * (local_window - 1) steps; with prev_obs one step more) comes
+        # from the arguments.
         self.rollout_buffer_kwargs = {
             **self.rollout_buffer_kwargs,
-            "prefix_len": stream_prefix_len(self.n_layers, self.context_len, self.local_window),
+            "prefix_len": stream_prefix_len(self.n_layers, self.context_len, self.local_window, self.prev_obs),
             "carry_unfinished": self.n_episodes is not None,
             "keep_first_step": keeps_first_step(self.n_layers, self.context_len, self.local_window),
         }

@@ -32,9 +32,11 @@ from sb3_attn_ac.common.torch_layers import (
     KVCache,
     SinusoidalPositions,
     TokenMeta,
+    previous_steps,
     stream_prefix_len,
 )
 from sb3_attn_ac.common.utils import (
+    check_actor_reads_critic,
     check_attention_args,
     check_flags,
     check_prev_action_encoding,
@@ -118,7 +120,13 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         (sb3-attn-ac 0.1, which its saved models use)
     :param shared_transformer: with ``actor_context``, whether the actor reads the critic's transformer (one
         transformer, shaped by both losses) or its own (as RecurrentPPO's separate critic LSTM: value-loss steps
-        then never move the actor's inputs). Acting runs only the actor's either way; Q_att needs it shared
+        then never move the actor's inputs). Acting runs only the actor's either way (unless
+        ``actor_reads_critic``); Q_att needs it shared
+    :param actor_reads_critic: (``actor_context`` with ``shared_transformer=False``) the actor also reads the
+        critic's transformer output at t, through a stopped gradient: what the value loss makes the critic find (a
+        head on the step before, where two steps give a velocity) reaches the actor, while the policy gradient
+        moves only the actor's own transformer (which keeps what only the policy needs, as a cue the critic has no
+        reason to carry). Acting then runs both transformers; the cache holds the actor's layers, then the critic's
     :param prev_action: each token also embeds the action taken at the step before (one-hot for discrete
         actions; nothing at an episode's first step), as RLlib's ``use_n_prev_actions``: where the last action
         moved the hidden state (a push changes CartPole's velocity), it is what makes that state recoverable
@@ -130,6 +138,12 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         A Gaussian sample beyond the bounds tells the env nothing more than the bound, but an actor transformer of
         its own that read it failed PendulumNoVel's entry (mean -746 raw against -231 bounded on three tuning
         seeds, README "Ablations"). Discrete actions are one-hot either way
+    :param prev_obs: each token also embeds the previous step's features (the transformer's token of step t
+        reads step t - 1's as well; nothing at an episode's first step), as a stack of the last two frames would, or
+        RWKV's token shift: what two consecutive steps give at once (a velocity from two positions) then needs no
+        attention head to be learned first. An actor transformer of its own learns that head from the policy
+        gradient too slowly (README "Ablations"). Acting then carries each env's last features in the cache
+        (:meth:`predict` in ``state``)
     :param start_bias: (``position_encoding="relative"`` or ``"alibi"``) each head also learns a bias for its episode's first
         step, stored scaled as the offset biases: where the first step is what matters (a cue shown once at the
         start), a head learns to read it from anywhere in the window as fast as it learns an offset. Pair it with
@@ -174,17 +188,25 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         actor_value_head: bool = False,
         position_encoding: str = "relative",
         shared_transformer: bool = True,
+        actor_reads_critic: bool = False,
         prev_action: bool = False,
         prev_action_encoding: str = "bounded",
+        prev_obs: bool = False,
         start_bias: bool = False,
         local_window: int | None = None,
     ) -> None:
         check_spaces(observation_space, action_space)
         check_prev_action_encoding(prev_action_encoding, prev_action, action_space)
         check_flags(
-            actor_context=actor_context, shared_transformer=shared_transformer, prev_action=prev_action, start_bias=start_bias
+            actor_context=actor_context,
+            shared_transformer=shared_transformer,
+            actor_reads_critic=actor_reads_critic,
+            prev_action=prev_action,
+            prev_obs=prev_obs,
+            start_bias=start_bias,
         )
         check_q_att(q_att_coef, action_space, actor_context and not shared_transformer)
+        check_actor_reads_critic(actor_reads_critic, actor_context, shared_transformer)
         if actor_value_head and not (actor_context and not shared_transformer):
             raise ValueError(
                 "actor_value_head=True needs an actor transformer of its own: actor_context=True, shared_transformer=False"
@@ -216,8 +238,10 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.actor_value_head = actor_value_head
         self.position_encoding = position_encoding
         self.shared_transformer = shared_transformer
+        self.actor_reads_critic = actor_reads_critic
         self.prev_action = prev_action
         self.prev_action_encoding = prev_action_encoding
+        self.prev_obs = prev_obs
         self.start_bias = start_bias
         self.local_window = local_window
         if net_arch is None:
@@ -260,8 +284,10 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             actor_value_head=self.actor_value_head,
             position_encoding=self.position_encoding,
             shared_transformer=self.shared_transformer,
+            actor_reads_critic=self.actor_reads_critic,
             prev_action=self.prev_action,
             prev_action_encoding=self.prev_action_encoding,
+            prev_obs=self.prev_obs,
             start_bias=self.start_bias,
             local_window=self.local_window,
             share_features_extractor=self.share_features_extractor,
@@ -293,13 +319,14 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.mlp_extractor.value_net = critic_mlp.value_net
         self.mlp_extractor.latent_dim_vf = critic_mlp.latent_dim_vf
         if self.actor_context:
-            actor_in = self.features_dim + self.d_model
+            actor_in = self.features_dim + self.d_model * (2 if self.actor_reads_critic else 1)
             actor_mlp = MlpExtractor(actor_in, net_arch=self.net_arch, activation_fn=self.activation_fn, device=self.device)
             self.mlp_extractor.policy_net = actor_mlp.policy_net
             self.mlp_extractor.latent_dim_pi = actor_mlp.latent_dim_pi
         self.token_embedding = nn.Linear(self.features_dim, self.d_model)
         action_dim = get_flattened_obs_dim(self.action_space) if self.prev_action else 0
         self.action_embedding = nn.Linear(action_dim, self.d_model, bias=False) if action_dim else None
+        self.prev_obs_embedding = nn.Linear(self.features_dim, self.d_model, bias=False) if self.prev_obs else None
         # The bounds a Box previous action is clipped to and scaled by (prev_action_encoding="bounded"), built once
         # here rather than per acting step; not saved (the action space gives them).
         bounds = None
@@ -323,7 +350,9 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         self.actor_encoder: EpisodeEncoder | None = None
         if self.actor_context and not self.shared_transformer:
             sizes = (self.features_dim, self.d_model, self.n_layers, self.n_heads, self.context_len)
-            self.actor_encoder = EpisodeEncoder(*sizes, self.dropout, relative, action_dim, self.start_bias, self.local_window)
+            self.actor_encoder = EpisodeEncoder(
+                *sizes, self.dropout, relative, action_dim, self.start_bias, self.local_window, self.prev_obs
+            )
         if self.position_encoding == "alibi":
             self.transformer.init_alibi()
             if self.actor_encoder is not None:
@@ -391,13 +420,15 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         :param band: the attention layout if already built (:meth:`stream_band`)
         :param prev_actions: (B * L, *action_shape) each token's previous action, as the buffer stores actions
             (needed with ``prev_action``)
-        :return: (B, L, D) causal outputs of the critic's transformer, those of the actor's (the same tensor when
-            shared), and the masked pass (or None)
+        :return: (B, L, D) causal outputs of the critic's transformer, what the actor reads of the transformers (the
+            same tensor when shared; (B, L, 2D) with ``actor_reads_critic``: its own, then the critic's), and the
+            masked pass (or None)
         """
         B, L = meta.timesteps.shape
         features = self._encoder_features(observations, self).view(B, L, -1)  # (B, L, F)
         tokens = self.token_embedding(features)  # (B, L, D)
-        inputs = tokens + self._action_tokens(self, prev_actions, meta.timesteps)  # what a masked token hides
+        own = tokens + self._action_tokens(self, prev_actions, meta.timesteps)  # what a masked token hides
+        inputs = own + self._prev_obs_tokens(self, features, meta)
         if band is None:
             band = self.stream_band(meta, masked=mask_ratio is not None)
         if mask_ratio is None:
@@ -412,7 +443,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             random_tokens = flat[th.randint(len(flat), selected.shape, device=inputs.device)]
             replacement = th.where((u < 0.8)[..., None], replacement, random_tokens)
             replaced = selected & (u < 0.9)  # the last 10% keep their own token
-        masked_inputs = th.where(replaced[..., None], replacement, inputs)
+        # A step after a replaced one does not embed its features either: the masked step stays hidden.
+        masked_inputs = th.where(replaced[..., None], replacement, own + self._prev_obs_tokens(self, features, meta, replaced))
         both_meta = TokenMeta(*(th.cat([m, m]) for m in meta))
         hidden, masked_hidden = self._critic(th.cat([inputs, masked_inputs]), both_meta, band).split(B)
         actor_hidden = self._actor_stream(observations, features, meta, band, hidden, prev_actions)
@@ -427,7 +459,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         hidden: th.Tensor,
         prev_actions: th.Tensor | None,
     ) -> th.Tensor:
-        """The actor's transformer outputs over streams: the critic's ``hidden`` when shared.
+        """What the actor reads of the transformers over streams: the critic's ``hidden`` when shared, its own
+        transformer's outputs otherwise, followed by the critic's (stopped gradient) with ``actor_reads_critic``.
 
         :param observations: (B * L, *obs_shape) the streams' observations
         :param features: (B, L, F) the critic's features of them
@@ -442,9 +475,9 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         if len(band.allowed) > B:  # the masked rows are the critic's only
             band = band.select(th.arange(B, device=features.device))
         shared_features = features if self.share_features_extractor else None
-        return self.actor_encoder.transformer(
-            self._tokens(self.actor_encoder, observations, meta.timesteps, shared_features, prev_actions), band
-        )
+        tokens = self._tokens(self.actor_encoder, observations, meta.timesteps, shared_features, prev_actions, meta=meta)
+        own = self.actor_encoder.transformer(tokens, band)
+        return th.cat([own, hidden.detach()], dim=-1) if self.actor_reads_critic else own
 
     def stream_band(self, meta: TokenMeta, masked: bool) -> Band:
         """The attention layout of :meth:`stream_forward` for streams with metadata ``meta``: B causal rows,
@@ -581,7 +614,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         """
         obs, meta, prev_actions = self._stream_inputs(observations, episode_starts, actions)
         with th.no_grad():
-            tokens = self._tokens(self, obs, meta.timesteps, prev_actions=prev_actions)
+            tokens = self._tokens(self, obs, meta.timesteps, prev_actions=prev_actions, meta=meta)
             return [w[0] for w in self.transformer.attention_weights(tokens, self.transformer.band(meta))]
 
     def predict_values(self, obs: PyTorchObs) -> th.Tensor:
@@ -590,8 +623,13 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
 
     @property
     def _acting_encoder(self) -> "AttnActorCriticPolicy | EpisodeEncoder":
-        """What acting with context runs: the actor's own transformer, or the policy's (the critic's) parts."""
+        """The actor's transformer: its own, or the policy's (the critic's) parts."""
         return self if self.actor_encoder is None else self.actor_encoder
+
+    @property
+    def _acting_encoders(self) -> list["AttnActorCriticPolicy | EpisodeEncoder"]:
+        """What acting with context runs: the actor's transformer, and with ``actor_reads_critic`` the critic's."""
+        return [self._acting_encoder, self] if self.actor_reads_critic else [self._acting_encoder]
 
     def _encoder_features(self, obs: PyTorchObs, encoder: "AttnActorCriticPolicy | EpisodeEncoder") -> th.Tensor:
         """(N, F) per-step features the critic's transformer (``encoder is self``) or the actor's reads."""
@@ -605,21 +643,57 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         timesteps: th.Tensor,
         features: th.Tensor | None = None,
         prev_actions: th.Tensor | None = None,
+        meta: TokenMeta | None = None,
+        last: th.Tensor | None = None,
     ) -> th.Tensor:
         """The input tokens of the critic's transformer (``encoder is self``) or the actor's: the embedding of each
-        observation's features, plus (``prev_action``) that of the previous action, plus its position embedding.
+        observation's features, plus (``prev_action``) that of the previous action, plus (``prev_obs``) that of the
+        previous step's features, plus its position embedding.
 
         :param encoder: whose token embedding and positions
         :param obs: (N, *obs_shape) observations, N = timesteps.numel(), row-major
         :param timesteps: (...,) their index within their episodes
         :param features: (..., F) their features, if already extracted by that encoder's extractor
         :param prev_actions: (N, *action_shape) each step's previous action (ignored without ``prev_action``)
+        :param meta: (B, T) metadata of streams (``timesteps`` is theirs): with ``prev_obs`` each step's previous
+            step is the column before it (:func:`~sb3_attn_ac.common.torch_layers.previous_steps`)
+        :param last: (N, F) with ``prev_obs``, for one step per row: the features of each row's previous step
+            (:attr:`KVCache.last`); neither ``meta`` nor ``last``: only first steps, which have none
         :return: (..., D) tokens
         """
         if features is None:
             features = self._encoder_features(obs, encoder).view(*timesteps.shape, -1)
         action_tokens = self._action_tokens(encoder, prev_actions, timesteps)
-        return encoder.token_embedding(features) + action_tokens + encoder.positions(timesteps)
+        if meta is not None:
+            prev_obs_tokens = self._prev_obs_tokens(encoder, features, meta)
+        elif encoder.prev_obs_embedding is None:
+            prev_obs_tokens = 0.0
+        elif last is None:
+            if bool((timesteps > 0).any()):
+                raise ValueError("prev_obs=True: the tokens of steps after an episode's first need the previous step")
+            prev_obs_tokens = 0.0
+        else:
+            prev_obs_tokens = (timesteps > 0)[..., None] * encoder.prev_obs_embedding(last)
+        return encoder.token_embedding(features) + action_tokens + prev_obs_tokens + encoder.positions(timesteps)
+
+    @staticmethod
+    def _prev_obs_tokens(
+        encoder: "AttnActorCriticPolicy | EpisodeEncoder",
+        features: th.Tensor,
+        meta: TokenMeta,
+        hidden: th.Tensor | None = None,
+    ) -> th.Tensor | float:
+        """(B, T, D) embedding of each stream token's previous step's features (``prev_obs``; zero where the column
+        before is not that step); 0 without ``prev_obs``.
+
+        :param encoder: whose embedding
+        :param features: (B, T, F) the streams' features
+        :param meta: (B, T) their metadata
+        :param hidden: (B, T) steps whose features the next token must not see (the masked copy's)
+        """
+        if encoder.prev_obs_embedding is None:
+            return 0.0
+        return encoder.prev_obs_embedding(previous_steps(features, meta, hidden))
 
     def _action_tokens(
         self, encoder: "AttnActorCriticPolicy | EpisodeEncoder", prev_actions: th.Tensor | None, timesteps: th.Tensor
@@ -668,11 +742,12 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         episode when it is None).
 
         :param obs: (N, *obs_shape) observations
-        :param hidden: (N, D) transformer outputs at those steps
+        :param hidden: (N, D) transformer outputs at those steps ((N, 2D) with ``actor_reads_critic``: the actor's,
+            then the critic's)
         """
         features = BasePolicy.extract_features(self, obs, self.pi_features_extractor)
         if self.uses_context and hidden is None:
-            hidden = self._first_step_hidden(obs, self._acting_encoder)
+            hidden = th.cat([self._first_step_hidden(obs, encoder) for encoder in self._acting_encoders], dim=-1)
         if self.actor_context:
             features = th.cat([features, hidden], dim=-1)  # type: ignore[list-item]
         latent_pi = self.mlp_extractor.forward_actor(features)
@@ -683,10 +758,11 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         return self.action_dist.proba_distribution(action_logits=logits)
 
     def actor_values(self, actor_hidden: th.Tensor) -> th.Tensor:
-        """The actor's value head on its own transformer's outputs ``actor_hidden`` (N, D): (N,). Needs
+        """The actor's value head on its own transformer's outputs ``actor_hidden`` (N, D; with ``actor_reads_critic``
+        the (N, 2D) the actor reads, of which it takes the first D): (N,). Needs
         ``actor_value_head``; trained by regression, read by nothing else."""
         assert self.actor_value_net is not None, "the actor's value head needs actor_value_head=True"
-        return self.actor_value_net(actor_hidden).squeeze(-1)
+        return self.actor_value_net(actor_hidden[..., : self.d_model]).squeeze(-1)  # its own transformer's part
 
     def q_att(self, hidden: th.Tensor) -> th.Tensor:
         """Q_att(s_t, .) for transformer outputs ``hidden`` (N, D): (N, n_actions). Needs ``q_att_coef > 0``."""
@@ -715,10 +791,11 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
     # Incremental acting with context (actor_context)
     def empty_cache(self, n_envs: int) -> KVCache:
         """A key/value cache holding no steps, for ``n_envs`` envs."""
-        H, K = self.n_heads, self.context_len
-        shape = (self.n_layers, n_envs, H, K - 1, self.d_model // H)
+        H, K, n = self.n_heads, self.context_len, len(self._acting_encoders)
+        shape = (n * self.n_layers, n_envs, H, K - 1, self.d_model // H)
         zeros = th.zeros(shape, device=self.device)
-        return KVCache(zeros, zeros.clone(), th.zeros(n_envs, K - 1, dtype=th.bool, device=self.device))
+        last = th.zeros(n_envs, n * self.features_dim, device=self.device) if self.prev_obs else None
+        return KVCache(zeros, zeros.clone(), th.zeros(n_envs, K - 1, dtype=th.bool, device=self.device), last)
 
     def cache_from_stream(self, observations: PyTorchObs, meta: TokenMeta, prev_actions: th.Tensor | None = None) -> KVCache:
         """The cache of the running episodes after streams of their last steps (the rollout buffer's carried
@@ -730,15 +807,24 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         :param prev_actions: (E * P, *action_shape) each step's previous action (needed with ``prev_action``)
         """
         E, P = meta.timesteps.shape
-        needed = stream_prefix_len(self.n_layers, self.context_len, self.local_window)
+        needed = stream_prefix_len(self.n_layers, self.context_len, self.local_window, self.prev_obs)
         if P < needed:
             raise ValueError(f"the stream must hold {needed} steps (stream_prefix_len), got {P}")
-        if self.context_len == 1:
+        if P == 0:
             return self.empty_cache(E)
-        encoder = self._acting_encoder
-        tokens = self._tokens(encoder, observations, meta.timesteps, prev_actions=prev_actions)
-        _, keys, values = encoder.transformer.forward_with_keys(tokens, encoder.transformer.band(meta))
-        return KVCache.from_stream(keys, values, meta, self.context_len)
+        features, keys, values = [], [], []
+        for encoder in self._acting_encoders:
+            features.append(self._encoder_features(observations, encoder).view(E, P, -1))
+            if self.context_len > 1:
+                tokens = self._tokens(encoder, observations, meta.timesteps, features[-1], prev_actions, meta=meta)
+                _, k, v = encoder.transformer.forward_with_keys(tokens, encoder.transformer.band(meta))
+                keys.append(k)
+                values.append(v)
+        # What the next token embeds with prev_obs: the last step's features of each transformer.
+        last = th.cat([f[:, -1] for f in features], dim=-1) * meta.valid[:, -1:] if self.prev_obs else None
+        if self.context_len == 1:
+            return self.empty_cache(E)._replace(last=last)
+        return KVCache.from_stream(th.cat(keys), th.cat(values), meta, self.context_len)._replace(last=last)
 
     def step(
         self, obs: PyTorchObs, timesteps: th.Tensor, cache: KVCache, prev_actions: th.Tensor | None = None
@@ -750,13 +836,24 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         :param timesteps: (E,) their index within their episodes
         :param cache: the previous steps (reset it where an episode starts: :meth:`KVCache.reset`)
         :param prev_actions: (E, *action_shape) each env's last action (needed with ``prev_action``)
-        :return: action distribution, (E, D) outputs of the transformer acting runs (the actor's), and the cache
-            rolled forward
+        :return: action distribution, (E, D) outputs of the transformer acting runs (the actor's; (E, 2D) with
+            ``actor_reads_critic``: the actor's, then the critic's), and the cache rolled forward
         """
-        encoder = self._acting_encoder
-        tokens = self._tokens(encoder, obs, timesteps, prev_actions=prev_actions)
-        hidden, cache = encoder.transformer.step(tokens, cache, timesteps)
-        return self.action_distribution(obs, hidden), hidden, cache
+        n, width = self.n_layers, self.features_dim
+        hidden, features, keys, values = [], [], [], []
+        for i, encoder in enumerate(self._acting_encoders):  # each transformer's layers and features in the cache
+            part = KVCache(cache.keys[i * n : (i + 1) * n], cache.values[i * n : (i + 1) * n], cache.valid)
+            last = None if cache.last is None else cache.last[:, i * width : (i + 1) * width]
+            features.append(self._encoder_features(obs, encoder))
+            tokens = self._tokens(encoder, obs, timesteps, features[-1], prev_actions, last=last)
+            out, rolled = encoder.transformer.step(tokens, part, timesteps)
+            hidden.append(out)
+            keys.append(rolled.keys)
+            values.append(rolled.values)
+        last = th.cat(features, dim=-1) if self.prev_obs else None
+        rolled = KVCache(th.cat(keys), th.cat(values), rolled.valid, last)
+        hidden = th.cat(hidden, dim=-1)
+        return self.action_distribution(obs, hidden), hidden, rolled
 
     def predict(
         self,
@@ -769,9 +866,12 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
 
         Without ``actor_context`` (or Q_att) this is SB3's ``predict`` (``state`` stays None). With it, ``state`` carries
         the context as a fixed-shape tuple of numpy arrays with n_envs on axis 1, as RecurrentPPO:
-        keys and values ``(n_layers, n_envs, n_heads, context_len - 1, d_model / n_heads)``, valid slots
-        ``(1, n_envs, context_len - 1)``, timesteps ``(1, n_envs)`` and, with ``prev_action``, each env's last
-        action ``(1, n_envs, action_dim)`` (as the rollout buffer stores actions). Pass ``state=None`` to start,
+        keys and values ``(n_layers, n_envs, n_heads, context_len - 1, d_model / n_heads)`` (``2 * n_layers`` with
+        ``actor_reads_critic``: the actor's layers, then the critic's), valid slots
+        ``(1, n_envs, context_len - 1)``, timesteps ``(1, n_envs)``, with ``prev_action`` each env's last
+        action ``(1, n_envs, action_dim)`` (as the rollout buffer stores actions) and, with ``prev_obs``, the
+        features of each env's last step ``(1, n_envs, features_dim)`` (twice as wide with ``actor_reads_critic``:
+        the actor's, then the critic's). Pass ``state=None`` to start,
         then the returned state and ``episode_start`` (True where an episode begins, which resets that env's
         context).
 
@@ -790,9 +890,10 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             cache, timesteps = self.empty_cache(n_envs), th.zeros(n_envs, dtype=th.long, device=self.device)
             prev_actions = th.zeros(n_envs, get_action_dim(self.action_space), device=self.device)
         else:
-            keys, values, valid, steps, *last = (th.as_tensor(x, device=self.device) for x in state)
-            cache, timesteps = KVCache(keys, values, valid[0].bool()), steps[0].long()
-            prev_actions = last[0][0].float() if last else None
+            keys, values, valid, steps, *extra = (th.as_tensor(x, device=self.device) for x in state)
+            prev_actions = extra.pop(0)[0].float() if self.prev_action else None
+            last = extra.pop(0)[0].float() if self.prev_obs else None
+            cache, timesteps = KVCache(keys, values, valid[0].bool(), last), steps[0].long()
         starts = th.zeros(n_envs, dtype=th.bool, device=self.device)
         if episode_start is not None:
             starts = th.as_tensor(np.asarray(episode_start, dtype=bool).reshape(n_envs), device=self.device)
@@ -817,6 +918,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         )
         if self.prev_action:
             next_state += (taken[None].cpu().numpy(),)
+        if cache.last is not None:
+            next_state += (cache.last[None].cpu().numpy(),)
         return actions, next_state
 
     # ----------------------------------------------------------------------------------------------------
