@@ -559,6 +559,35 @@ class KVCache(NamedTuple):
         valid[rows, slots] = True
         return cls(cached_keys, cached_values, valid)
 
+    def split(self, n_layers: int, parts: int) -> list["KVCache"]:
+        """The caches of ``parts`` transformers of ``n_layers`` each held in this one (their layers stacked in order,
+        their last features side by side), one per transformer.
+
+        :param n_layers: each transformer's layers
+        :param parts: how many transformers
+        """
+        if parts == 1:
+            return [self]
+        width = None if self.last is None else self.last.shape[-1] // parts
+        return [
+            KVCache(
+                self.keys[i * n_layers : (i + 1) * n_layers],
+                self.values[i * n_layers : (i + 1) * n_layers],
+                self.valid,
+                None if width is None else self.last[:, i * width : (i + 1) * width],  # type: ignore[index]
+            )
+            for i in range(parts)
+        ]
+
+    @staticmethod
+    def join(parts: list["KVCache"]) -> "KVCache":
+        """One cache holding the caches of several transformers (the inverse of :meth:`split`); their slots must
+        agree, as they do for transformers that read the same steps."""
+        if len(parts) == 1:
+            return parts[0]
+        last = None if parts[0].last is None else th.cat([part.last for part in parts], dim=-1)  # type: ignore[misc]
+        return KVCache(th.cat([p.keys for p in parts]), th.cat([p.values for p in parts]), parts[0].valid, last)
+
     def reset(self, rows: th.Tensor) -> "KVCache":
         """Empty the cache of the rows where a new episode starts.
 

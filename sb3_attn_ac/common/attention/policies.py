@@ -631,6 +631,11 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         """What acting with context runs: the actor's transformer, and with ``actor_reads_critic`` the critic's."""
         return [self._acting_encoder, self] if self.actor_reads_critic else [self._acting_encoder]
 
+    @property
+    def n_acting(self) -> int:
+        """How many transformers acting runs (:meth:`step`), whose layers the acting cache holds in turn."""
+        return 2 if self.actor_reads_critic else 1
+
     def _encoder_features(self, obs: PyTorchObs, encoder: "AttnActorCriticPolicy | EpisodeEncoder") -> th.Tensor:
         """(N, F) per-step features the critic's transformer (``encoder is self``) or the actor's reads."""
         extractor = self.vf_features_extractor if encoder is self else self.pi_features_extractor
@@ -791,7 +796,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
     # Incremental acting with context (actor_context)
     def empty_cache(self, n_envs: int) -> KVCache:
         """A key/value cache holding no steps, for ``n_envs`` envs."""
-        H, K, n = self.n_heads, self.context_len, len(self._acting_encoders)
+        H, K, n = self.n_heads, self.context_len, self.n_acting
         shape = (n * self.n_layers, n_envs, H, K - 1, self.d_model // H)
         zeros = th.zeros(shape, device=self.device)
         last = th.zeros(n_envs, n * self.features_dim, device=self.device) if self.prev_obs else None
@@ -812,19 +817,17 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             raise ValueError(f"the stream must hold {needed} steps (stream_prefix_len), got {P}")
         if P == 0:
             return self.empty_cache(E)
-        features, keys, values = [], [], []
-        for encoder in self._acting_encoders:
-            features.append(self._encoder_features(observations, encoder).view(E, P, -1))
+        caches = []
+        for encoder, empty in zip(self._acting_encoders, self.empty_cache(E).split(self.n_layers, self.n_acting), strict=True):
+            features = self._encoder_features(observations, encoder).view(E, P, -1)
+            cache = empty
             if self.context_len > 1:
-                tokens = self._tokens(encoder, observations, meta.timesteps, features[-1], prev_actions, meta=meta)
-                _, k, v = encoder.transformer.forward_with_keys(tokens, encoder.transformer.band(meta))
-                keys.append(k)
-                values.append(v)
-        # What the next token embeds with prev_obs: the last step's features of each transformer.
-        last = th.cat([f[:, -1] for f in features], dim=-1) * meta.valid[:, -1:] if self.prev_obs else None
-        if self.context_len == 1:
-            return self.empty_cache(E)._replace(last=last)
-        return KVCache.from_stream(th.cat(keys), th.cat(values), meta, self.context_len)._replace(last=last)
+                tokens = self._tokens(encoder, observations, meta.timesteps, features, prev_actions, meta=meta)
+                _, keys, values = encoder.transformer.forward_with_keys(tokens, encoder.transformer.band(meta))
+                cache = KVCache.from_stream(keys, values, meta, self.context_len)
+            # What the next token embeds with prev_obs: the last step's features.
+            caches.append(cache._replace(last=features[:, -1] * meta.valid[:, -1:]) if self.prev_obs else cache)
+        return KVCache.join(caches)
 
     def step(
         self, obs: PyTorchObs, timesteps: th.Tensor, cache: KVCache, prev_actions: th.Tensor | None = None
@@ -839,21 +842,15 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         :return: action distribution, (E, D) outputs of the transformer acting runs (the actor's; (E, 2D) with
             ``actor_reads_critic``: the actor's, then the critic's), and the cache rolled forward
         """
-        n, width = self.n_layers, self.features_dim
-        hidden, features, keys, values = [], [], [], []
-        for i, encoder in enumerate(self._acting_encoders):  # each transformer's layers and features in the cache
-            part = KVCache(cache.keys[i * n : (i + 1) * n], cache.values[i * n : (i + 1) * n], cache.valid)
-            last = None if cache.last is None else cache.last[:, i * width : (i + 1) * width]
-            features.append(self._encoder_features(obs, encoder))
-            tokens = self._tokens(encoder, obs, timesteps, features[-1], prev_actions, last=last)
-            out, rolled = encoder.transformer.step(tokens, part, timesteps)
+        hidden, rolled = [], []
+        for encoder, part in zip(self._acting_encoders, cache.split(self.n_layers, self.n_acting), strict=True):
+            features = self._encoder_features(obs, encoder)
+            tokens = self._tokens(encoder, obs, timesteps, features, prev_actions, last=part.last)
+            out, part = encoder.transformer.step(tokens, part, timesteps)
             hidden.append(out)
-            keys.append(rolled.keys)
-            values.append(rolled.values)
-        last = th.cat(features, dim=-1) if self.prev_obs else None
-        rolled = KVCache(th.cat(keys), th.cat(values), rolled.valid, last)
-        hidden = th.cat(hidden, dim=-1)
-        return self.action_distribution(obs, hidden), hidden, rolled
+            rolled.append(part._replace(last=features) if self.prev_obs else part)
+        actor_hidden = hidden[0] if len(hidden) == 1 else th.cat(hidden, dim=-1)
+        return self.action_distribution(obs, actor_hidden), actor_hidden, KVCache.join(rolled)
 
     def predict(
         self,
