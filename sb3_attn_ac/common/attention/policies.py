@@ -628,13 +628,9 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
 
     @property
     def _acting_encoders(self) -> list["AttnActorCriticPolicy | EpisodeEncoder"]:
-        """What acting with context runs: the actor's transformer, and with ``actor_reads_critic`` the critic's."""
+        """What acting with context runs: the actor's transformer, and with ``actor_reads_critic`` the critic's (the
+        acting cache holds their layers in this order)."""
         return [self._acting_encoder, self] if self.actor_reads_critic else [self._acting_encoder]
-
-    @property
-    def n_acting(self) -> int:
-        """How many transformers acting runs (:meth:`step`), whose layers the acting cache holds in turn."""
-        return 2 if self.actor_reads_critic else 1
 
     def _encoder_features(self, obs: PyTorchObs, encoder: "AttnActorCriticPolicy | EpisodeEncoder") -> th.Tensor:
         """(N, F) per-step features the critic's transformer (``encoder is self``) or the actor's reads."""
@@ -796,7 +792,7 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
     # Incremental acting with context (actor_context)
     def empty_cache(self, n_envs: int) -> KVCache:
         """A key/value cache holding no steps, for ``n_envs`` envs."""
-        H, K, n = self.n_heads, self.context_len, self.n_acting
+        H, K, n = self.n_heads, self.context_len, len(self._acting_encoders)
         shape = (n * self.n_layers, n_envs, H, K - 1, self.d_model // H)
         zeros = th.zeros(shape, device=self.device)
         last = th.zeros(n_envs, n * self.features_dim, device=self.device) if self.prev_obs else None
@@ -817,8 +813,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
             raise ValueError(f"the stream must hold {needed} steps (stream_prefix_len), got {P}")
         if P == 0:
             return self.empty_cache(E)
-        caches = []
-        for encoder, empty in zip(self._acting_encoders, self.empty_cache(E).split(self.n_layers, self.n_acting), strict=True):
+        caches, encoders = [], self._acting_encoders
+        for encoder, empty in zip(encoders, self.empty_cache(E).split(self.n_layers, len(encoders)), strict=True):
             features = self._encoder_features(observations, encoder).view(E, P, -1)
             cache = empty
             if self.context_len > 1:
@@ -842,8 +838,8 @@ class AttnActorCriticPolicy(ActorCriticPolicy):
         :return: action distribution, (E, D) outputs of the transformer acting runs (the actor's; (E, 2D) with
             ``actor_reads_critic``: the actor's, then the critic's), and the cache rolled forward
         """
-        hidden, rolled = [], []
-        for encoder, part in zip(self._acting_encoders, cache.split(self.n_layers, self.n_acting), strict=True):
+        hidden, rolled, encoders = [], [], self._acting_encoders
+        for encoder, part in zip(encoders, cache.split(self.n_layers, len(encoders)), strict=True):
             features = self._encoder_features(obs, encoder)
             tokens = self._tokens(encoder, obs, timesteps, features, prev_actions, last=part.last)
             out, part = encoder.transformer.step(tokens, part, timesteps)
