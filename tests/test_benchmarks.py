@@ -206,12 +206,7 @@ def test_popgym_tuned_entries_keep_the_shared_settings_and_their_runs_count(tmp_
         own = report.config(popgym_tasks.tuned(f"popgym-{task}-v0", 1e3))
         assert {k: own[k] for k in shared} == shared  # only AttnPPO's memory arguments differ
         memory[task] = {k: v for k, v in own.items() if k not in shared}
-    assert memory["RepeatFirstEasy"] == {
-        "shared_transformer": "False",
-        "context_len": "64",
-        "local_window": "16",
-        "start_bias": "True",
-    }
+    assert memory["RepeatFirstEasy"] == {"context_len": "64", "local_window": "16", "start_bias": "True", "ct_coef": "0"}
     assert memory["AutoencodeEasy"] == {} and memory["NoisyPositionOnlyCartPoleEasy"] == {"prev_action": "True"}
     with pytest.raises(SystemExit, match="no popgym-RepeatPreviousEasy-v0 entry"):
         popgym_tasks.tuned("popgym-RepeatPreviousEasy-v0", 1e3)
